@@ -1,0 +1,327 @@
+"""The experiment grid: which runs a workflow config asks for, and the cct config of each run.
+
+Pure functions of the schema-validated workflow config (a nested mapping, see config/README.md).
+``workflow/rules/common.smk`` imports them to expand the DAG; the tests import them to check the
+expansion; the analysis modules import the vocabulary (settings, methods and their order).
+
+A run is one point of datasets x settings x methods x label counts x split draws x training seeds,
+stored under ``{results}/runs/{dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}/``.
+Its cct config is the deep merge, later winning, of
+
+1. ``cct`` (shared by every run),
+2. ``datasets.<dataset>.cct``,
+3. ``settings.<setting>.cct``,
+4. the method (``train.mode`` and the auxiliary decoder counts, see :func:`method_overrides`),
+5. the grid point (labelled/unlabelled lists, label count, split seed, training seed).
+
+The keys of step 5 and ``train.mode`` belong to the grid: a config that sets them in 1-3 is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+PERTURBATIONS = (
+    "vat",
+    "dropout",
+    "cutout",
+    "context_masking",
+    "object_masking",
+    "feature_drop",
+    "feature_noise",
+)
+# Auxiliary decoders per perturbation in the paper and the official configs/config.json (2/6/6/2/2/6/6).
+PAPER_AUX = {"vat": 2, "dropout": 6, "cutout": 6, "context_masking": 2, "object_masking": 2, "feature_drop": 6, "feature_noise": 6}
+
+# Settings implemented here; weak_labels and multi_domain come with their own issues (add an
+# expander to SETTING_METHODS, a schema entry and a table/plot kind).
+SETTINGS = ("label_fraction", "perturbation_ablation")
+SETTING_METHODS = {
+    "label_fraction": ("supervised", "cct"),
+    "perturbation_ablation": ("supervised", *PERTURBATIONS, "all"),
+}
+METHOD_ORDER = ("supervised", "cct", *PERTURBATIONS, "all")
+# Display names (the paper's names of the perturbations, Section 3.2).
+METHOD_NAMES = {
+    "supervised": "Supervised",
+    "cct": "CCT",
+    "vat": "I-VAT",
+    "dropout": "DropOut",
+    "cutout": "G-Cutout",
+    "context_masking": "Con-Msk",
+    "object_masking": "Obj-Msk",
+    "feature_drop": "F-Drop",
+    "feature_noise": "F-Noise",
+    "all": "All (CCT)",
+}
+SETTING_NAMES = {
+    "label_fraction": "mIoU against the number of labelled images",
+    "perturbation_ablation": "Per-perturbation ablation",
+}
+
+# cct keys the workflow sets for every run from the grid point; refused in the config's cct mappings.
+GRID_KEYS = (
+    "data.labeled_list",
+    "data.unlabeled_list",
+    "data.n_labeled",
+    "data.split_seed",
+    "train.seed",
+    "train.mode",
+    "train.threads",
+)
+# data.* keys that change how images are fed to training but not which images exist; they are left
+# out of a dataset's split config so that changing them does not redraw (and rerun) every split.
+TRAINING_ONLY_DATA_KEYS = (
+    "labeled_list",
+    "unlabeled_list",
+    "n_labeled",
+    "split_seed",
+    "crop_size",
+    "base_size",
+    "scale_range",
+    "flip",
+    "num_workers",
+    "background_classes",
+)
+
+RUN_PATTERN = "{dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}"
+_RUN_RE = re.compile(
+    r"(?:^|/)(?P<dataset>[^/]+)/(?P<setting>[^/]+)/(?P<method>[^/]+)/(?P<labels>\d+)/split(?P<split>\d+)/seed(?P<seed>\d+)"
+    r"(?:\.[A-Za-z0-9]+|/[^/]+)?$"
+)
+
+
+class GridError(ValueError):
+    """The workflow config asks for something the grid cannot run; the message names the key."""
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    dataset: str
+    setting: str
+    method: str
+    labels: int
+    split: int
+    seed: int
+
+    @property
+    def path(self) -> str:
+        """Relative run path, e.g. ``embedded/label_fraction/cct/20/split0/seed1``."""
+        return RUN_PATTERN.format(**self.__dict__)
+
+    @classmethod
+    def from_wildcards(cls, wc: Any) -> "Run":
+        return cls(wc.dataset, wc.setting, wc.method, int(wc.labels), int(wc.split), int(wc.seed))
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "Run":
+        """Parse a run directory, a file in it (``.../seed0/metrics.json``) or a benchmark (``.../seed0.tsv``)."""
+        match = _RUN_RE.search(Path(path).as_posix())
+        if not match:
+            raise ValueError(f"{path}: not a run path (expected .../{RUN_PATTERN}[/file])")
+        g = match.groupdict()
+        return cls(g["dataset"], g["setting"], g["method"], int(g["labels"]), int(g["split"]), int(g["seed"]))
+
+
+def deep_merge(*mappings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Merge nested mappings left to right (a later value wins; mappings merge key by key)."""
+    out: dict[str, Any] = {}
+    for mapping in mappings:
+        for key, value in (mapping or {}).items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+                out[key] = deep_merge(out[key], value)
+            elif isinstance(value, Mapping):
+                out[key] = deep_merge(value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+# --------------------------------------------------------------------------------------------------
+# The grid
+
+
+def enabled_settings(config: Mapping[str, Any]) -> list[str]:
+    return [s for s in SETTINGS if config["settings"][s]["enabled"]]
+
+
+def datasets_for(config: Mapping[str, Any], setting: str) -> list[str]:
+    chosen = config["settings"][setting].get("datasets") or list(config["datasets"])
+    for name in chosen:
+        if name not in config["datasets"]:
+            raise GridError(
+                f"settings.{setting}.datasets: {name!r} is not a key of datasets ({sorted(config['datasets'])})"
+            )
+    return list(chosen)
+
+
+def seeds_for(config: Mapping[str, Any], setting: str) -> list[int]:
+    return list(config["settings"][setting].get("seeds") or config["seeds"])
+
+
+def label_counts_for(config: Mapping[str, Any], setting: str, dataset: str) -> list[int]:
+    spec = config["settings"][setting]
+    counts = config["datasets"][dataset]["label_counts"]
+    if setting == "perturbation_ablation":
+        count = spec.get("label_count")
+        return [int(count) if count is not None else min(counts)]
+    return sorted({int(n) for n in (spec.get("label_counts") or counts)})
+
+
+def expand_runs(config: Mapping[str, Any]) -> list[Run]:
+    """Every run the config asks for, sorted; duplicates (if any) removed."""
+    runs = set()
+    for setting in enabled_settings(config):
+        spec = config["settings"][setting]
+        for method in spec["methods"]:
+            if method not in SETTING_METHODS[setting]:
+                raise GridError(
+                    f"settings.{setting}.methods: {method!r} is not one of {list(SETTING_METHODS[setting])}"
+                )
+        for dataset in datasets_for(config, setting):
+            for labels in label_counts_for(config, setting, dataset):
+                for split in config["datasets"][dataset]["split_seeds"]:
+                    for seed in seeds_for(config, setting):
+                        for method in spec["methods"]:
+                            runs.add(Run(dataset, setting, method, int(labels), int(split), int(seed)))
+    return sorted(runs)
+
+
+def splits_needed(runs: Iterable[Run]) -> list[tuple[str, int, int]]:
+    """(dataset, labels, split) of every split list the runs read."""
+    return sorted({(r.dataset, r.labels, r.split) for r in runs})
+
+
+# --------------------------------------------------------------------------------------------------
+# cct configs
+
+
+def base_cct(config: Mapping[str, Any], dataset: str, setting: str) -> dict[str, Any]:
+    """The cct overrides shared by every run of (dataset, setting), before method and grid point."""
+    return deep_merge(config.get("cct"), config["datasets"][dataset].get("cct"), config["settings"][setting].get("cct"))
+
+
+def aux_counts(base: Mapping[str, Any]) -> dict[str, int]:
+    """Auxiliary decoder counts of a base config: the paper's, updated by ``model.aux``."""
+    found, aux = _get(base, "model.aux")
+    return {**PAPER_AUX, **(aux if found and aux else {})}
+
+
+def method_overrides(method: str, aux: Mapping[str, int]) -> dict[str, Any]:
+    """cct keys a method sets: ``supervised`` trains the main decoder on labels only; ``cct`` and
+    ``all`` are semi-supervised with every perturbation; a perturbation name keeps only its decoders."""
+    if method == "supervised":
+        return {"train": {"mode": "supervised"}}
+    if method in ("cct", "all"):
+        return {"train": {"mode": "semi"}, "model": {"aux": {p: int(aux[p]) for p in PERTURBATIONS}}}
+    if method in PERTURBATIONS:
+        if int(aux[method]) <= 0:
+            raise GridError(
+                f"method {method!r}: its auxiliary decoder count (cct model.aux.{method}) is 0; "
+                "the ablation needs at least one"
+            )
+        return {"train": {"mode": "semi"}, "model": {"aux": {p: int(aux[p]) if p == method else 0 for p in PERTURBATIONS}}}
+    raise GridError(f"unknown method {method!r} (known: {list(METHOD_ORDER)})")
+
+
+def run_config(config: Mapping[str, Any], run: Run, labeled_list: str | None = None,
+               unlabeled_list: str | None = None) -> dict[str, Any]:
+    """The nested cct config (overrides of cct's defaults) that one run trains with."""
+    base = base_cct(config, run.dataset, run.setting)
+    point: dict[str, Any] = {
+        "data": {"n_labeled": run.labels, "split_seed": run.split},
+        "train": {"seed": run.seed},
+    }
+    if labeled_list is not None:
+        point["data"].update(labeled_list=str(labeled_list), unlabeled_list=str(unlabeled_list))
+    return deep_merge(base, method_overrides(run.method, aux_counts(base)), point)
+
+
+def split_config(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The cct config ``cct splits`` reads for a dataset: its data section without training-only keys."""
+    data = deep_merge(config.get("cct"), config["datasets"][dataset].get("cct")).get("data", {})
+    return {"data": {k: v for k, v in data.items() if k not in TRAINING_ONLY_DATA_KEYS}}
+
+
+def user_split(config: Mapping[str, Any], dataset: str, labels: int, split: int) -> dict[str, Any] | None:
+    """The user's list pair for (dataset, labels, split), or None when the split is drawn by ``cct splits``."""
+    for entry in config["datasets"][dataset].get("user_splits") or []:
+        if int(entry["labels"]) == int(labels) and int(entry.get("split", 0)) == int(split):
+            return entry
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks that run before any job starts
+
+
+def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] | None = None) -> list[Run]:
+    """Expand the grid and check what the schema cannot; raise GridError naming the key.
+
+    ``validate_cct``, when given (``cct.config.from_dict``), builds each distinct run config so that
+    an unknown or ill-typed cct key fails here, not in the middle of a grid.
+    """
+    places = [("cct", config.get("cct"))]
+    places += [(f"datasets.{d}.cct", spec.get("cct")) for d, spec in config["datasets"].items()]
+    places += [(f"settings.{s}.cct", spec.get("cct")) for s, spec in config["settings"].items()]
+    for where, tree in places:
+        for key in GRID_KEYS:
+            if _get(tree or {}, key)[0]:
+                raise GridError(
+                    f"{where}.{key}: this key is set per run by the workflow (from datasets.*.label_counts, "
+                    "split_seeds, seeds, settings.*.methods and the resources' threads); remove it"
+                )
+    for dataset, spec in config["datasets"].items():
+        seen = set()
+        for i, entry in enumerate(spec.get("user_splits") or []):
+            where = f"datasets.{dataset}.user_splits[{i}]"
+            key = (int(entry["labels"]), int(entry.get("split", 0)))
+            if key in seen:
+                raise GridError(f"{where}: a second list pair for labels={key[0]}, split={key[1]}")
+            seen.add(key)
+            for side in ("labeled", "unlabeled"):
+                if not Path(entry[side]).is_file():
+                    raise GridError(f"{where}.{side}: file not found: {entry[side]}")
+            n = sum(1 for line in Path(entry["labeled"]).read_text().splitlines() if line.strip())
+            if n != key[0]:
+                raise GridError(f"{where}.labeled: {entry['labeled']} lists {n} images, but labels is {key[0]}")
+    runs = expand_runs(config)
+    if not runs:
+        raise GridError("settings: no setting is enabled, or an enabled setting has no methods/label counts/seeds")
+    if validate_cct is not None:
+        seen_kinds = set()
+        for run in runs:
+            kind = (run.dataset, run.setting, run.method)
+            if kind in seen_kinds:  # the grid point only sets counts, seeds and list paths
+                continue
+            seen_kinds.add(kind)
+            tree = run_config(config, run, "labeled.txt", "unlabeled.txt")
+            try:
+                validate_cct(tree)
+            except ValueError as exc:
+                raise GridError(
+                    f"cct config of {run.path} (from cct, datasets.{run.dataset}.cct, settings.{run.setting}.cct): {exc}"
+                ) from exc
+    return runs
+
+
+def dump_yaml(path: str | Path, tree: Mapping[str, Any]) -> None:
+    """Write a nested mapping as YAML (the run configs the train rule passes to ``cct train --config``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(tree), sort_keys=False))

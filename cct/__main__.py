@@ -1,0 +1,3 @@
+from cct.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""The ``cct`` command: ``train``, ``evaluate``, ``predict``, ``splits``. Every bad input exits with
+status 2 and one line naming the file, key or value at fault."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cct.config import ConfigError, from_dict, load_config
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="YAML run config (nested keys, see config/README.md); defaults: the embedded benchmark")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set train.mode=supervised model.aux.vat=0")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cct.train import Interrupted, train
+
+    config = load_config(args.config, args.overrides)
+    try:
+        metrics = train(config, args.out, args.resume_dir)
+    except Interrupted as exc:
+        print(f"cct train: {exc}", file=sys.stderr)
+        return 143
+    print(f"mIoU {metrics['miou']:.2f} (best {metrics['best_miou']:.2f} at {metrics['best_iteration']}) -> {args.out}/metrics.json")
+    return 0
+
+
+def _load_checkpoint(path: str):
+    import torch
+
+    from cct.data.base import load_source
+    from cct.model.cct import CCT
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--checkpoint: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = from_dict(state["config"])
+    except (KeyError, RuntimeError, EOFError) as exc:
+        raise ConfigError(f"--checkpoint: {path} is not a cct checkpoint ({exc})") from exc
+    config.model.pretrained = False  # the checkpoint holds the weights
+    model = CCT(config.model, {"main": len(state["class_names"])}, {"main": state["background_classes"]})
+    model.load_state_dict(state["model"])
+    return model.eval(), config, state, load_source
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from cct.evaluate import PROTOCOL, evaluate
+    from cct.io import atomic_write_json
+
+    model, config, _, load_source = _load_checkpoint(args.checkpoint)
+    if args.config or args.overrides:
+        data = load_config(args.config, args.overrides).data if args.config else from_dict(
+            config.to_dict(), args.overrides).data
+        config.data = data
+    source = load_source(config.data, args.split)
+    result = evaluate(model, source, torch.device("cpu"))
+    result.update(eval_protocol=PROTOCOL, split=args.split, checkpoint=str(args.checkpoint))
+    if args.out:
+        atomic_write_json(args.out, result)
+    print(f"mIoU {result['miou']:.2f} on {source.name} ({len(source)} images)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from cct.data.base import default_palette
+    from cct.data.transforms import normalize, to_tensors
+    from cct.evaluate import predict_image
+
+    model, _, _, _ = _load_checkpoint(args.checkpoint)
+    images = Path(args.images)
+    if not images.is_dir():
+        raise ConfigError(f"--images: not a directory: {images}")
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
+    if not files:
+        raise ConfigError(f"--images: no .png/.jpg images in {images}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    palette = default_palette().flatten().tolist()
+    norm = normalize()
+    for path in files:
+        try:
+            array = np.asarray(Image.open(path).convert("RGB"))
+        except OSError as exc:
+            raise ConfigError(f"--images: cannot read {path} ({exc})") from exc
+        image, _ = to_tensors(array, np.zeros(array.shape[:2], dtype=np.int64))
+        pred = predict_image(model, norm(image).as_subclass(torch.Tensor)[None], model.stride)[0]
+        mask = Image.fromarray(pred.numpy().astype(np.uint8), mode="P")
+        mask.putpalette(palette)
+        mask.save(out / f"{path.stem}.png")
+    print(f"{len(files)} masks -> {out}")
+    return 0
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from cct.data.base import load_source
+    from cct.data.splits import make_split, read_list, validate_split, write_split
+
+    config = load_config(args.config, args.overrides)
+    source = load_source(config.data, "train")
+    if args.from_lists:
+        lab_path, unl_path = args.from_lists
+        labeled, unlabeled = read_list(lab_path, "--from-lists"), read_list(unl_path, "--from-lists")
+        validate_split(labeled, unlabeled, source.ids, f"{lab_path} / {unl_path}")
+    else:
+        n = args.n_labeled if args.n_labeled is not None else config.data.n_labeled
+        seed = args.split_seed if args.split_seed is not None else config.data.split_seed
+        labeled, unlabeled = make_split(source.ids, n, seed, source.image_labels)
+    write_split(args.out, labeled, unlabeled)
+    print(f"{len(labeled)} labelled, {len(unlabeled)} unlabelled -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cct", description="Cross-Consistency Training for semi-supervised segmentation")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train and evaluate one run")
+    _add_config_args(p, required=False)
+    p.add_argument("--out", required=True, help="run directory (config.yaml, checkpoint.pt, metrics.json, tb/)")
+    p.add_argument("--resume-dir", default=None, help="resume state folder (default OUT/resume); keep it outside Snakemake outputs")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a split")
+    p.add_argument("--checkpoint", required=True)
+    _add_config_args(p, required=False)
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", default=None, help="write scores as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="colour-coded PNG masks for a folder of images")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("splits", help="write labelled/unlabelled lists (nested across label counts)")
+    _add_config_args(p, required=False)
+    p.add_argument("--n-labeled", type=int, default=None)
+    p.add_argument("--split-seed", type=int, default=None)
+    p.add_argument("--from-lists", nargs=2, metavar=("LABELED", "UNLABELED"), help="validate and copy user lists")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_splits)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"cct {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,304 @@
+"""One typed config object per run, validated at the door.
+
+A run's config is a tree of dataclasses. YAML files and ``--set a.b=value`` overrides are merged into
+the defaults; an unknown key or a value of the wrong type raises :class:`ConfigError` naming the key.
+Defaults are those of the embedded CPU benchmark; ``config/paper/*.yaml`` hold the paper's protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PERTURBATIONS = (
+    "vat",
+    "dropout",
+    "cutout",
+    "context_masking",
+    "object_masking",
+    "feature_drop",
+    "feature_noise",
+)
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is invalid; the message names it."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "embedded"  # embedded | voc | cityscapes | camvid | sunrgbd
+    root: str | None = None  # dataset root (real datasets only)
+    domain: str = "a"  # embedded dataset: visual domain (a | b)
+    n_labeled: int = 20  # labelled images, used when labeled_list is None
+    split_seed: int = 0
+    labeled_list: str | None = None  # file of labelled ids (one per line), e.g. from `cct splits`
+    unlabeled_list: str | None = None
+    crop_size: int = 64  # square training crop (px)
+    base_size: int | None = None  # long side before random scaling; None = keep the native size
+    scale_range: tuple[float, float] = (0.75, 1.5)  # random rescale factors of base_size
+    flip: bool = True
+    num_workers: int = 0  # DataLoader worker processes (0 = in the main process)
+    # classes that count as background/context for the guided perturbations; None = dataset default
+    background_classes: list[int] | None = None
+
+
+@dataclass
+class AuxConfig:
+    """Number of auxiliary decoders per perturbation (paper: 2/6/6/2/2/6/6)."""
+
+    vat: int = 2
+    dropout: int = 6
+    cutout: int = 6
+    context_masking: int = 2
+    object_masking: int = 2
+    feature_drop: int = 6
+    feature_noise: int = 6
+
+
+@dataclass
+class PerturbationConfig:
+    """Paper defaults of the seven perturbations."""
+
+    vat_xi: float = 1e-6
+    vat_eps: float = 2.0
+    vat_iterations: int = 1
+    dropout_p: float = 0.5
+    cutout_erase: float = 0.4  # side of the erased box as a fraction of the object's box side
+    feature_drop_range: tuple[float, float] = (0.7, 0.9)
+    feature_noise_range: float = 0.3
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "small"  # small | resnet18 | resnet34 | resnet50 | resnet101
+    pretrained: bool | str = False  # False | True (torch hub cache) | path to a .pth state dict
+    output_stride: int = 4  # 8 for the paper's ResNets; 4 or 8 for `small`
+    width: int = 32  # small encoder: channels of its first stage
+    psp: bool = True
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
+
+
+@dataclass
+class LossConfig:
+    supervised: str = "ce"  # ce | abce
+    abce_final_threshold: float = 0.9
+    abce_rampup: float = 0.4  # fraction of training over which the ab-CE threshold anneals
+    consistency: str = "mse"  # mse | kl | js
+    unsupervised_w: float = 30.0
+    rampup: float = 0.1  # fraction of iterations of the sigmoid ramp-up of unsupervised_w
+    confidence_masking: bool = False
+    confidence_threshold: float = 0.5
+    softmax_temp: float = 1.0
+    pairwise_w: float = 0.0  # optional pair-wise loss between aux predictions (supplementary); 0 = off
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    encoder_lr_factor: float = 1.0  # 0.1 for a pretrained encoder (the paper)
+    poly_power: float = 0.9
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "semi"  # supervised | semi
+    iterations: int = 1000
+    seed: int = 0
+    batch_size_labeled: int = 8
+    batch_size_unlabeled: int = 8
+    eval_interval: int = 250
+    checkpoint_interval: int = 100
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 1  # torch intra-op threads
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def validate(self) -> "RunConfig":
+        """Check value ranges and choices; raise ConfigError naming the key."""
+        _choice("data.dataset", self.data.dataset, ("embedded", "voc", "cityscapes", "camvid", "sunrgbd"))
+        _choice("model.encoder", self.model.encoder, ("small", "resnet18", "resnet34", "resnet50", "resnet101"))
+        _choice("model.output_stride", self.model.output_stride, (4, 8, 16))
+        _choice("loss.supervised", self.loss.supervised, ("ce", "abce"))
+        _choice("loss.consistency", self.loss.consistency, ("mse", "kl", "js"))
+        _choice("train.mode", self.train.mode, ("supervised", "semi"))
+        _choice("train.device", self.train.device, ("auto", "cpu", "cuda"))
+        for key, value in [
+            ("data.n_labeled", self.data.n_labeled),
+            ("data.crop_size", self.data.crop_size),
+            ("train.iterations", self.train.iterations),
+            ("train.batch_size_labeled", self.train.batch_size_labeled),
+            ("train.batch_size_unlabeled", self.train.batch_size_unlabeled),
+            ("train.eval_interval", self.train.eval_interval),
+            ("train.checkpoint_interval", self.train.checkpoint_interval),
+            ("train.threads", self.train.threads),
+        ]:
+            if value < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {value}")
+        for name in PERTURBATIONS:
+            if getattr(self.model.aux, name) < 0:
+                raise ConfigError(f"model.aux.{name}: must be >= 0, got {getattr(self.model.aux, name)}")
+        if not 0.0 <= self.model.perturbation.dropout_p < 1.0:
+            raise ConfigError(f"model.perturbation.dropout_p: must be in [0, 1), got {self.model.perturbation.dropout_p}")
+        lo, hi = self.model.perturbation.feature_drop_range
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(f"model.perturbation.feature_drop_range: need 0 < lo <= hi <= 1, got {[lo, hi]}")
+        if self.data.crop_size % self.model.output_stride:
+            raise ConfigError(
+                f"data.crop_size: {self.data.crop_size} is not a multiple of model.output_stride={self.model.output_stride}"
+            )
+        if (self.data.labeled_list is None) != (self.data.unlabeled_list is None):
+            raise ConfigError("data.labeled_list and data.unlabeled_list: give both or neither")
+        return self
+
+
+def _choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` to ``annotation`` where lossless, else raise ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        # bool before int/float: YAML `true` must stay a bool in `bool | str`
+        for option in sorted(args, key=lambda a: a is not bool):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} does not match {_type_name(annotation)}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {annotation}")
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "")
+
+
+def _merge(obj: Any, updates: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r} (valid here: {sorted(names)})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            _merge(current, value, f"{path}.")
+        else:
+            setattr(obj, key, _coerce(path, value, hints[key]))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``'a.b=3'`` -> ``{'a': {'b': 3}}``; the value is parsed as YAML (so ``true``, ``0.1``, ``[1, 2]`` work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    tree: dict[str, Any] = {}
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+def from_dict(tree: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Build a validated RunConfig from a nested mapping plus ``key=value`` overrides."""
+    config = RunConfig()
+    if tree:
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config must be a mapping, got {type(tree).__name__}")
+        _merge(config, tree, "")
+    for text in overrides:
+        _merge(config, parse_override(text), "")
+    return config.validate()
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config file (or only defaults when ``path`` is None) and apply overrides."""
+    tree = None
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        try:
+            return from_dict(tree, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    return from_dict(tree, overrides)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    from cct.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

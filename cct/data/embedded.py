@@ -1,0 +1,205 @@
+"""The embedded default dataset: procedural scenes of shapes, generated from a seed, no download.
+
+Each 64x64 RGB scene holds 1-3 shapes on a textured background. A shape's class is decided by its
+outline only: every object gets a random colour, size and rotation, and backgrounds carry random
+gradients, stripes and noise, so no pixel colour identifies a class. Two visual domains share part
+of their label space:
+
+- domain ``a`` ("daylight"): light textured backgrounds, filled shapes, 8 classes;
+- domain ``b`` ("night"): dark noisy backgrounds, shapes with a contrasting rim, 8 classes of which
+  4 (ring, cross, star, crescent) are shared with ``a``.
+
+Class 0 is background in both. Image-level labels (which classes occur) come with every image.
+Rasterisation is written by hand (PIL polygons): no library generates labelled scenes like these.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES_A = ("disk", "square", "triangle", "ring", "cross", "star", "crescent", "hexagon")
+SHAPES_B = ("ring", "cross", "star", "crescent", "heart", "arrow", "bar", "pentagon")
+DOMAINS = {"a": SHAPES_A, "b": SHAPES_B}
+SPLIT_SIZES = {"train": 1000, "val": 200}
+IMAGE_SIZE = 64
+_SPLIT_OFFSET = {"train": 0, "val": 1_000_003}
+_DOMAIN_OFFSET = {"a": 0, "b": 7_919}
+
+
+@dataclass(frozen=True)
+class EmbeddedData:
+    """A generated split: ``images`` uint8 (N, H, W, 3), ``masks`` uint8 (N, H, W), ``ids`` (N,)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    ids: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+    def image_labels(self) -> np.ndarray:
+        """Multi-hot image-level labels over the foreground classes, bool (N, C-1)."""
+        n_fg = len(self.class_names) - 1
+        present = np.zeros((len(self.ids), n_fg), dtype=bool)
+        for i, mask in enumerate(self.masks):
+            values = np.unique(mask)
+            values = values[(values > 0) & (values <= n_fg)]
+            present[i, values - 1] = True
+        return present
+
+
+def class_names(domain: str) -> tuple[str, ...]:
+    if domain not in DOMAINS:
+        raise ValueError(f"embedded dataset: unknown domain {domain!r} (choose from {sorted(DOMAINS)})")
+    return ("background",) + DOMAINS[domain]
+
+
+def _polygon(n: int, radius: float, angle: float, star: bool = False) -> np.ndarray:
+    k = 2 * n if star else n
+    t = angle + np.arange(k) * 2 * math.pi / k
+    r = np.full(k, radius)
+    if star:
+        r[1::2] = radius * 0.45
+    return np.stack([np.cos(t) * r, np.sin(t) * r], axis=1)
+
+
+def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return points @ np.array([[c, s], [-s, c]])
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, fill: int) -> None:
+    """Rasterise one shape of circumradius ``r`` px centred on (cx, cy) into a mode 'L' image."""
+
+    def poly(points: np.ndarray) -> None:
+        draw.polygon([(cx + x, cy + y) for x, y in points], fill=fill)
+
+    def ellipse(x: float, y: float, rad: float, value: int) -> None:
+        draw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=value)
+
+    if shape == "disk":
+        ellipse(cx, cy, r, fill)
+    elif shape == "ring":
+        ellipse(cx, cy, r, fill)
+        ellipse(cx, cy, r * 0.55, 0)
+    elif shape == "crescent":
+        ellipse(cx, cy, r, fill)
+        ellipse(cx + math.cos(angle) * r * 0.5, cy + math.sin(angle) * r * 0.5, r * 0.8, 0)
+    elif shape == "square":
+        poly(_polygon(4, r, angle))
+    elif shape == "triangle":
+        poly(_polygon(3, r, angle))
+    elif shape == "hexagon":
+        poly(_polygon(6, r, angle))
+    elif shape == "pentagon":
+        poly(_polygon(5, r, angle))
+    elif shape == "star":
+        poly(_polygon(5, r, angle, star=True))
+    elif shape == "cross":
+        w = r * 0.33
+        arm = np.array([[-r, -w], [r, -w], [r, w], [-r, w]])
+        poly(_rotate(arm, angle))
+        poly(_rotate(arm[:, ::-1], angle))
+    elif shape == "bar":
+        poly(_rotate(np.array([[-r, -r * 0.28], [r, -r * 0.28], [r, r * 0.28], [-r, r * 0.28]]), angle))
+    elif shape == "arrow":
+        pts = np.array([[r, 0], [0, -r * 0.8], [0, -r * 0.3], [-r, -r * 0.3], [-r, r * 0.3], [0, r * 0.3], [0, r * 0.8]])
+        poly(_rotate(pts, angle))
+    elif shape == "heart":
+        t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        poly(_rotate(np.stack([x, y], 1) * (r / 17.0), angle * 0.3))
+    else:  # pragma: no cover - guarded by class_names
+        raise ValueError(shape)
+
+
+def _background(rng: np.random.Generator, domain: str, size: int) -> np.ndarray:
+    """Textured background, float (H, W, 3) in [0, 1]."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    if domain == "a":
+        base = rng.uniform(0.45, 0.95, 3)
+        tilt = rng.uniform(-0.25, 0.25, (2, 3))
+        img = base + xx[..., None] * tilt[0] + yy[..., None] * tilt[1]
+        if rng.random() < 0.6:  # stripes or checks of low contrast
+            freq, theta = rng.uniform(4, 12), rng.uniform(0, math.pi)
+            wave = np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta)))
+            if rng.random() < 0.5:
+                wave = wave * np.sin(2 * math.pi * freq * (xx * math.sin(theta) - yy * math.cos(theta)))
+            img = img + wave[..., None] * rng.uniform(0.05, 0.15, 3)
+        img = img + rng.normal(0, 0.03, (size, size, 3))
+    else:
+        base = rng.uniform(0.02, 0.3, 3)
+        blobs = np.zeros((size, size))
+        for _ in range(4):
+            cx, cy, s = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.08, 0.25)
+            blobs += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+        img = base + blobs[..., None] * rng.uniform(0.0, 0.2, 3)
+        img = img + rng.normal(0, 0.07, (size, size, 3))
+    return np.clip(img, 0, 1)
+
+
+def _object_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.ndarray:
+    """A random colour that differs from the local background by a visible margin."""
+    for _ in range(20):
+        colour = rng.uniform(0, 1, 3)
+        if np.abs(colour - background_mean).sum() > 0.45:
+            return colour
+    return 1.0 - background_mean
+
+
+def render_scene(rng: np.random.Generator, domain: str, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: image uint8 (H, W, 3) and mask uint8 (H, W) with values in [0, 8]."""
+    shapes = DOMAINS[domain]
+    img = _background(rng, domain, size)
+    mask = np.zeros((size, size), dtype=np.uint8)
+    n_objects = int(rng.choice([1, 2, 2, 3]))
+    for _ in range(n_objects):
+        cls = int(rng.integers(len(shapes)))
+        r = rng.uniform(0.13, 0.24) * size
+        cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
+        layer = Image.new("L", (size, size), 0)
+        _draw_shape(ImageDraw.Draw(layer), shapes[cls], cx, cy, r, rng.uniform(0, 2 * math.pi), 255)
+        inside = np.asarray(layer) > 127
+        if inside.sum() < 12:
+            continue
+        colour = _object_colour(rng, img[inside].mean(0))
+        shade = 1.0 + rng.uniform(-0.12, 0.12) * (np.mgrid[0:size, 0:size][0] / size - 0.5)[..., None]
+        fill = np.clip(colour * shade + rng.normal(0, 0.02, (size, size, 3)), 0, 1)
+        if domain == "b":  # a contrasting rim: the style of the second domain
+            eroded = np.asarray(layer.filter(_MIN_FILTER)) > 127
+            fill = np.where((inside & ~eroded)[..., None], 1.0 - colour, fill)
+        img = np.where(inside[..., None], fill, img)
+        mask[inside] = cls + 1
+    return (img * 255).round().astype(np.uint8), mask
+
+
+class _MinFilter:
+    def __new__(cls):
+        from PIL import ImageFilter
+
+        return ImageFilter.MinFilter(3)
+
+
+_MIN_FILTER = _MinFilter()
+
+
+@lru_cache(maxsize=8)
+def generate(split: str = "train", domain: str = "a", seed: int = 0, n: int | None = None) -> EmbeddedData:
+    """Generate a split deterministically: the same (split, domain, seed, n) always gives the same bytes."""
+    names = class_names(domain)
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"embedded dataset: unknown split {split!r} (choose from {sorted(SPLIT_SIZES)})")
+    n = SPLIT_SIZES[split] if n is None else n
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    masks = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for i in range(n):
+        rng = np.random.default_rng([seed, _SPLIT_OFFSET[split] + _DOMAIN_OFFSET[domain], i])
+        images[i], masks[i] = render_scene(rng, domain)
+    ids = tuple(f"{domain}_{split}_{i:05d}" for i in range(n))
+    images.setflags(write=False)
+    masks.setflags(write=False)
+    return EmbeddedData(images, masks, ids, names)

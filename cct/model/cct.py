@@ -1,0 +1,106 @@
+"""The CCT model: a shared encoder, and per domain a main decoder plus auxiliary decoders, each fed
+a perturbed version of the encoder output (paper Sec. 3). A single-domain model is one domain."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cct.config import PERTURBATIONS, AuxConfig, ModelConfig, PerturbationConfig
+from cct.model import perturbations as P
+from cct.model.decoders import DecoderBank
+from cct.model.encoder import build_encoder
+
+
+class DecoderSet(nn.Module):
+    """One domain's decoders: the main decoder and ``sum(aux counts)`` auxiliary decoders, ordered
+    by perturbation as in :data:`cct.config.PERTURBATIONS`."""
+
+    def __init__(self, in_channels: int, num_classes: int, upscale: int, aux: AuxConfig) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.main = DecoderBank(in_channels, num_classes, upscale, 1)
+        self.kinds: list[str] = [name for name in PERTURBATIONS for _ in range(getattr(aux, name))]
+        self.aux = DecoderBank(in_channels, num_classes, upscale, len(self.kinds)) if self.kinds else None
+
+
+class CCT(nn.Module):
+    """Encoder + decoder sets keyed by domain.
+
+    ``forward(x)`` -> main logits (B, K, H, W) at the input resolution (H, W multiples of the stride).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_classes: dict[str, int],
+        background_classes: dict[str, list[int]],
+    ) -> None:
+        super().__init__()
+        self.encoder = build_encoder(config.encoder, config.pretrained, config.output_stride, config.width, config.psp)
+        self.stride = config.output_stride
+        self.perturbation: PerturbationConfig = config.perturbation
+        self.heads = nn.ModuleDict(
+            {d: DecoderSet(self.encoder.out_channels, k, self.stride, config.aux) for d, k in num_classes.items()}
+        )
+        for d, classes in background_classes.items():
+            self.register_buffer(f"background_{d}", torch.tensor(classes, dtype=torch.long), persistent=False)
+        self.default_domain = next(iter(num_classes))
+
+    def _head(self, domain: str | None) -> DecoderSet:
+        return self.heads[domain or self.default_domain]
+
+    def decode(self, z: torch.Tensor, domain: str | None = None) -> torch.Tensor:
+        """Main decoder on z (B, C, h, w) -> logits (B, K, h*s, w*s)."""
+        return self._head(domain).main(z)[:, 0]
+
+    def forward(self, x: torch.Tensor, domain: str | None = None) -> torch.Tensor:
+        return self.decode(self.encoder(x), domain)
+
+    def objects_map(self, main_logits: torch.Tensor, size: tuple[int, int], domain: str | None = None) -> torch.Tensor:
+        """Bool (B, h, w): the main prediction's argmax, nearest-resized to z's size, outside background."""
+        pred = main_logits.argmax(1, keepdim=True).float()
+        pred = F.interpolate(pred, size=size, mode="nearest")[:, 0].long()
+        background = getattr(self, f"background_{domain or self.default_domain}")
+        return ~torch.isin(pred, background)
+
+    def auxiliary(self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None) -> torch.Tensor:
+        """All auxiliary decoders on their perturbations of z -> logits (B, N_aux, K, H, W).
+
+        ``main_logits`` (B, K, H, W) is the main decoder's prediction on the same images; it guides
+        G-Cutout, Con-Msk and Obj-Msk (detached: the guide carries no gradient).
+        """
+        head = self._head(domain)
+        if head.aux is None:
+            raise ValueError("this model has no auxiliary decoders (all model.aux counts are 0)")
+        cfg = self.perturbation
+        objects = None
+        if any(k in ("cutout", "context_masking", "object_masking") for k in head.kinds):
+            objects = self.objects_map(main_logits.detach(), z.shape[-2:], domain)
+        inputs = []
+        for index, kind in enumerate(head.kinds):
+            if kind == "vat":
+                inputs.append(
+                    P.vat(z, lambda v, i=index: head.aux.decode_one(v, i), cfg.vat_xi, cfg.vat_eps, cfg.vat_iterations)
+                )
+            elif kind == "dropout":
+                inputs.append(P.dropout(z, cfg.dropout_p))
+            elif kind == "cutout":
+                inputs.append(P.guided_cutout(z, objects, cfg.cutout_erase))
+            elif kind == "context_masking":
+                inputs.append(P.context_masking(z, objects))
+            elif kind == "object_masking":
+                inputs.append(P.object_masking(z, objects))
+            elif kind == "feature_drop":
+                inputs.append(P.feature_drop(z, cfg.feature_drop_range))
+            elif kind == "feature_noise":
+                inputs.append(P.feature_noise(z, cfg.feature_noise_range))
+        return head.aux(torch.cat(inputs, dim=1))
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone parameters, the rest): the paper trains a pretrained backbone at a 10x lower rate;
+        the PSP module and the decoders are new and take the full rate."""
+        backbone = list(self.encoder.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        return backbone, [p for p in self.parameters() if id(p) not in ids]

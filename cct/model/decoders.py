@@ -1,0 +1,88 @@
+"""The CCT decoders: a 1x1 conv to class scores, then sub-pixel (PixelShuffle) upsampling x2 per stage.
+
+All decoders of a model share one architecture (paper Sec. 3.1): ``conv1x1(C_z -> K)`` without bias,
+then ``log2(stride)`` stages of ``conv1x1(K -> 4K) -> ReLU -> PixelShuffle(2)`` with ICNR init (as
+the official implementation). :class:`DecoderBank` holds ``count`` such decoders with independent
+weights and runs them all at once as grouped convolutions: one kernel launch per stage instead of
+one per decoder, same arithmetic as running them one by one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def icnr_(weight: torch.Tensor, scale: int = 2) -> None:
+    """ICNR init (Aitken et al., 2017) of a (out=K*s^2, in, 1, 1) conv feeding PixelShuffle(s):
+    every sub-pixel of an output channel starts equal, so the shuffle begins free of checkerboard."""
+    out_channels, in_channels = weight.shape[:2]
+    base = torch.empty(out_channels // scale**2, in_channels, *weight.shape[2:])
+    nn.init.kaiming_normal_(base, nonlinearity="relu")
+    with torch.no_grad():
+        weight.copy_(base.repeat_interleave(scale**2, dim=0))
+
+
+def _grouped_1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
+    """A grouped 1x1 convolution as one batched matmul: (B, G*Cin, h, w) -> (B, G*Cout, h, w).
+
+    Same arithmetic as ``F.conv2d(x, weight, bias, groups=G)``; written as a matmul because CPU
+    backends run grouped convolutions group by group through a slow path."""
+    b, _, h, w = x.shape
+    out_total = weight.shape[0]
+    wg = weight.view(groups, out_total // groups, -1)  # (G, Cout, Cin)
+    y = torch.matmul(wg, x.reshape(b, groups, -1, h * w))  # (B, G, Cout, h*w)
+    y = y.reshape(b, out_total, h, w)
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+class DecoderBank(nn.Module):
+    """``count`` independent upsampling decoders evaluated together.
+
+    Input (B, count * C_z, h, w): the decoders' inputs stacked along channels (decoder k reads
+    channels [k*C_z, (k+1)*C_z)). Output (B, count, K, h*s, w*s) logits, s = ``upscale``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, upscale: int, count: int) -> None:
+        super().__init__()
+        if upscale < 1 or upscale & (upscale - 1):
+            raise ValueError(f"upscale must be a power of two, got {upscale}")
+        self.in_channels, self.num_classes, self.count = in_channels, num_classes, count
+        self.stages = int(math.log2(upscale))
+        k = num_classes
+        self.classifier = nn.Parameter(torch.empty(count * k, in_channels, 1, 1))
+        for i in range(count):
+            nn.init.kaiming_normal_(self.classifier.data[i * k : (i + 1) * k], nonlinearity="relu")
+        self.up_weights = nn.ParameterList()
+        self.up_biases = nn.ParameterList()
+        for _ in range(self.stages):
+            w = torch.empty(count * 4 * k, k, 1, 1)
+            for i in range(count):
+                icnr_(w[i * 4 * k : (i + 1) * 4 * k])
+            bias = torch.empty(count * 4 * k).uniform_(-1 / math.sqrt(k), 1 / math.sqrt(k))
+            self.up_weights.append(nn.Parameter(w))
+            self.up_biases.append(nn.Parameter(bias))
+
+    def _run(self, x: torch.Tensor, groups: int, select: slice | None = None) -> torch.Tensor:
+        def take(t: torch.Tensor, per: int) -> torch.Tensor:
+            t = t if select is None else t[select.start * per : select.stop * per]
+            return t.to(x.dtype)
+
+        k = self.num_classes
+        x = _grouped_1x1(x, take(self.classifier, k), None, groups)
+        for w, b in zip(self.up_weights, self.up_biases):
+            # PixelShuffle maps channel blocks of 4 to one output channel, so the group structure
+            # (decoder i owns channels [i*4K, (i+1)*4K) -> [i*K, (i+1)*K)) is preserved.
+            x = F.pixel_shuffle(F.relu(_grouped_1x1(x, take(w, 4 * k), take(b, 4 * k), groups)), 2)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._run(x, self.count)
+        return out.unflatten(1, (self.count, self.num_classes))
+
+    def decode_one(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Decoder ``index`` alone on (B, C_z, h, w), in x's dtype (float64 for the VAT probe)."""
+        return self._run(x, 1, slice(index, index + 1))

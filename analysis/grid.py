@@ -303,20 +303,19 @@ def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] 
     runs = expand_runs(config)
     if not runs:
         raise GridError("settings: no setting is enabled, or an enabled setting has no methods/label counts/seeds")
-    if validate_cct is not None:
-        seen_kinds = set()
-        for run in runs:
-            kind = (run.dataset, run.setting, run.method)
-            if kind in seen_kinds:  # the grid point only sets counts, seeds and list paths
-                continue
-            seen_kinds.add(kind)
+    seen_kinds = set()
+    for run in runs:
+        kind = (run.dataset, run.setting, run.method)
+        if kind in seen_kinds:  # the grid point only adds counts, seeds and list paths
+            continue
+        seen_kinds.add(kind)
+        where = f"cct config of {run.path} (from cct, datasets.{run.dataset}.cct, settings.{run.setting}.cct)"
+        try:
             tree = run_config(config, run, "labeled.txt", "unlabeled.txt")
-            try:
+            if validate_cct is not None:
                 validate_cct(tree)
-            except ValueError as exc:
-                raise GridError(
-                    f"cct config of {run.path} (from cct, datasets.{run.dataset}.cct, settings.{run.setting}.cct): {exc}"
-                ) from exc
+        except ValueError as exc:
+            raise GridError(f"{where}: {exc}") from exc
     return runs
 
 

@@ -13,7 +13,7 @@ from cct.config import ConfigError, from_dict, load_config
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required, help="YAML run config (nested keys, see config/README.md); defaults: the embedded benchmark")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. --set train.mode=supervised model.aux.vat=0")
 
 

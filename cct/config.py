@@ -82,6 +82,7 @@ class ModelConfig:
     output_stride: int = 4  # 8 for the paper's ResNets; 4 or 8 for `small`
     width: int = 32  # small encoder: channels of its first stage
     psp: bool = True
+    decoder: str = "bilinear"  # pixelshuffle (the paper's) | bilinear (1x1 conv + bilinear; trains from scratch)
     aux: AuxConfig = field(default_factory=AuxConfig)
     perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
 
@@ -139,6 +140,7 @@ class RunConfig:
         """Check value ranges and choices; raise ConfigError naming the key."""
         _choice("data.dataset", self.data.dataset, ("embedded", "voc", "cityscapes", "camvid", "sunrgbd"))
         _choice("model.encoder", self.model.encoder, ("small", "resnet18", "resnet34", "resnet50", "resnet101"))
+        _choice("model.decoder", self.model.decoder, ("pixelshuffle", "bilinear"))
         _choice("model.output_stride", self.model.output_stride, (4, 8, 16))
         _choice("loss.supervised", self.loss.supervised, ("ce", "abce"))
         _choice("loss.consistency", self.loss.consistency, ("mse", "kl", "js"))

@@ -236,10 +236,10 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
             result = None
             if step % tc.eval_interval == 0 or step == total:
                 result = evaluate(model, val_source, device)
-                entry = {"iteration": step, "val_miou": result["miou"], "loss_sup": float(terms["loss_sup"]),
+                entry = {"iteration": step, "val_miou": result["miou"], "loss_sup": float(terms["loss_sup"].detach()),
                          "lr": optimizer.param_groups[1]["lr"]}
                 if semi:
-                    entry.update(loss_unsup=float(terms["loss_unsup"]), w_u=w_u)
+                    entry.update(loss_unsup=float(terms["loss_unsup"].detach()), w_u=w_u)
                 history.append(entry)
                 writer.add_scalar("val/miou", result["miou"], step)
                 log.info("iteration %d: val mIoU %.2f", step, result["miou"])

@@ -1,13 +1,15 @@
-"""The embedded default dataset: procedural scenes of shapes, generated from a seed, no download.
+"""The embedded default dataset: procedural scenes of textured objects, generated from a seed, no download.
 
-Each 64x64 RGB scene holds 1-3 shapes on a textured background. A shape's class is decided by its
-outline only: every object gets a random colour, size and rotation, and backgrounds carry random
-gradients, stripes and noise, so no pixel colour identifies a class. Two visual domains share part
-of their label space:
+Each 64x64 RGB scene holds 1-3 objects on a background of gradients and noise. An object's class is
+decided by its surface texture (stripes, checks, dots, ...), drawn in two random colours at a random
+period and phase, on a random outline (disk, square, triangle, hexagon, ellipse) of random size and
+rotation: no pixel colour and no outline identifies a class, a neighbourhood of a few pixels does.
+Textures are symmetric under horizontal flips, so flip augmentation keeps labels valid. Two visual
+domains share part of their label space:
 
-- domain ``a`` ("daylight"): light textured backgrounds, filled shapes, 8 classes;
-- domain ``b`` ("night"): dark noisy backgrounds, shapes with a contrasting rim, 8 classes of which
-  4 (ring, cross, star, crescent) are shared with ``a``.
+- domain ``a`` ("daylight"): light backgrounds, 8 classes;
+- domain ``b`` ("night"): dark noisy backgrounds, objects with a contrasting rim, 8 classes of which
+  4 (hstripes, vstripes, checker, dots) are shared with ``a``.
 
 Class 0 is background in both. Image-level labels (which classes occur) come with every image.
 Rasterisation is written by hand (PIL polygons): no library generates labelled scenes like these.
@@ -22,9 +24,10 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPES_A = ("disk", "square", "triangle", "ring", "cross", "star", "crescent", "hexagon")
-SHAPES_B = ("ring", "cross", "star", "crescent", "heart", "arrow", "bar", "pentagon")
-DOMAINS = {"a": SHAPES_A, "b": SHAPES_B}
+TEXTURES_A = ("solid", "hstripes", "vstripes", "checker", "dots", "grid", "rings", "crosshatch")
+TEXTURES_B = ("hstripes", "vstripes", "checker", "dots", "zigzag", "bricks", "speckle", "diamonds")
+DOMAINS = {"a": TEXTURES_A, "b": TEXTURES_B}
+OUTLINES = ("disk", "square", "triangle", "hexagon", "ellipse")
 SPLIT_SIZES = {"train": 1000, "val": 200}
 IMAGE_SIZE = 64
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003}
@@ -85,6 +88,9 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
     elif shape == "ring":
         ellipse(cx, cy, r, fill)
         ellipse(cx, cy, r * 0.55, 0)
+    elif shape == "ellipse":
+        poly(_rotate(np.stack([np.cos(t := np.linspace(0, 2 * math.pi, 32, endpoint=False)) * r,
+                               np.sin(t) * r * 0.6], 1), angle))
     elif shape == "crescent":
         ellipse(cx, cy, r, fill)
         ellipse(cx + math.cos(angle) * r * 0.5, cy + math.sin(angle) * r * 0.5, r * 0.8, 0)
@@ -115,6 +121,41 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         poly(_rotate(np.stack([x, y], 1) * (r / 17.0), angle * 0.3))
     else:  # pragma: no cover - guarded by class_names
         raise ValueError(shape)
+
+
+def texture(name: str, size: int, period: float, phase: tuple[float, float], centre: tuple[float, float],
+            rng: np.random.Generator) -> np.ndarray:
+    """Binary pattern (H, W) of texture ``name`` with the given period (px) and phase."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    u, v = (xx + phase[0]) / period, (yy + phase[1]) / period
+    frac = lambda t: t - np.floor(t)  # noqa: E731
+    if name == "solid":
+        return np.zeros((size, size), dtype=bool)
+    if name == "hstripes":
+        return frac(v) < 0.5
+    if name == "vstripes":
+        return frac(u) < 0.5
+    if name == "checker":
+        return (frac(u) < 0.5) ^ (frac(v) < 0.5)
+    if name == "dots":
+        return (frac(u) - 0.5) ** 2 + (frac(v) - 0.5) ** 2 < 0.09
+    if name == "grid":
+        return (frac(u) < 0.3) | (frac(v) < 0.3)
+    if name == "rings":
+        return frac(np.hypot(xx - centre[0], yy - centre[1]) / period) < 0.5
+    if name == "crosshatch":
+        return (frac((u + v) / 1.4) < 0.25) | (frac((u - v) / 1.4) < 0.25)
+    if name == "zigzag":
+        return frac(v + 0.5 * np.abs(frac(u) - 0.5) * 2) < 0.4
+    if name == "bricks":
+        row = np.floor(v * 2)
+        return (frac(v * 2) < 0.3) | (frac(u + 0.5 * (row % 2)) < 0.15)
+    if name == "speckle":
+        cells = rng.random((size // 2 + 2, size // 2 + 2)) < 0.5
+        return np.kron(cells, np.ones((2, 2), dtype=bool))[:size, :size]
+    if name == "diamonds":
+        return (frac((u + v) / 1.4) < 0.5) ^ (frac((u - v) / 1.4) < 0.5)
+    raise ValueError(name)
 
 
 def _background(rng: np.random.Generator, domain: str, size: int) -> np.ndarray:
@@ -153,22 +194,25 @@ def _object_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.
 
 def render_scene(rng: np.random.Generator, domain: str, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """One scene: image uint8 (H, W, 3) and mask uint8 (H, W) with values in [0, 8]."""
-    shapes = DOMAINS[domain]
+    textures = DOMAINS[domain]
     img = _background(rng, domain, size)
     mask = np.zeros((size, size), dtype=np.uint8)
     n_objects = int(rng.choice([1, 2, 2, 3]))
     for _ in range(n_objects):
-        cls = int(rng.integers(len(shapes)))
-        r = rng.uniform(0.13, 0.24) * size
+        cls = int(rng.integers(len(textures)))
+        r = rng.uniform(0.15, 0.27) * size
         cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
         layer = Image.new("L", (size, size), 0)
-        _draw_shape(ImageDraw.Draw(layer), shapes[cls], cx, cy, r, rng.uniform(0, 2 * math.pi), 255)
+        outline = OUTLINES[int(rng.integers(len(OUTLINES)))]
+        _draw_shape(ImageDraw.Draw(layer), outline, cx, cy, r, rng.uniform(0, 2 * math.pi), 255)
         inside = np.asarray(layer) > 127
         if inside.sum() < 12:
             continue
         colour = _object_colour(rng, img[inside].mean(0))
-        shade = 1.0 + rng.uniform(-0.12, 0.12) * (np.mgrid[0:size, 0:size][0] / size - 0.5)[..., None]
-        fill = np.clip(colour * shade + rng.normal(0, 0.02, (size, size, 3)), 0, 1)
+        second = _object_colour(rng, colour)
+        pattern = texture(textures[cls], size, rng.uniform(4.0, 7.0), tuple(rng.uniform(0, 8, 2)), (cx, cy), rng)
+        fill = np.where(pattern[..., None], second, colour)
+        fill = np.clip(fill + rng.normal(0, 0.02, (size, size, 3)), 0, 1)
         if domain == "b":  # a contrasting rim: the style of the second domain
             eroded = np.asarray(layer.filter(_MIN_FILTER)) > 127
             fill = np.where((inside & ~eroded)[..., None], 1.0 - colour, fill)

@@ -17,12 +17,12 @@ class DecoderSet(nn.Module):
     """One domain's decoders: the main decoder and ``sum(aux counts)`` auxiliary decoders, ordered
     by perturbation as in :data:`cct.config.PERTURBATIONS`."""
 
-    def __init__(self, in_channels: int, num_classes: int, upscale: int, aux: AuxConfig) -> None:
+    def __init__(self, in_channels: int, num_classes: int, upscale: int, aux: AuxConfig, upsampling: str) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.main = DecoderBank(in_channels, num_classes, upscale, 1)
+        self.main = DecoderBank(in_channels, num_classes, upscale, 1, upsampling)
         self.kinds: list[str] = [name for name in PERTURBATIONS for _ in range(getattr(aux, name))]
-        self.aux = DecoderBank(in_channels, num_classes, upscale, len(self.kinds)) if self.kinds else None
+        self.aux = DecoderBank(in_channels, num_classes, upscale, len(self.kinds), upsampling) if self.kinds else None
 
 
 class CCT(nn.Module):
@@ -42,7 +42,10 @@ class CCT(nn.Module):
         self.stride = config.output_stride
         self.perturbation: PerturbationConfig = config.perturbation
         self.heads = nn.ModuleDict(
-            {d: DecoderSet(self.encoder.out_channels, k, self.stride, config.aux) for d, k in num_classes.items()}
+            {
+                d: DecoderSet(self.encoder.out_channels, k, self.stride, config.aux, config.decoder)
+                for d, k in num_classes.items()
+            }
         )
         for d, classes in background_classes.items():
             self.register_buffer(f"background_{d}", torch.tensor(classes, dtype=torch.long), persistent=False)

@@ -1,0 +1,102 @@
+"""What a grid costs: wall time and peak memory of the training jobs, from the ``benchmark:`` files
+Snakemake writes (``{results}/benchmarks/train/<run>.tsv``), per dataset, setting and method, with a
+total per setting and for the whole grid.
+
+Wall time is the job's (data loading, training, periodic and final evaluation); ``cpu_time`` is the
+CPU seconds of the job's processes; ``max_rss`` the peak resident memory (MB).
+
+    python -m analysis.runtime --threads 1 --csv runtime.csv --md runtime.md BENCHMARK.tsv ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from analysis.grid import METHOD_NAMES, METHOD_ORDER, Run
+
+COLUMNS = ["dataset", "setting", "method", "jobs", "wall_s_mean", "wall_s_max", "wall_s_total",
+           "cpu_s_total", "max_rss_mb", "threads"]
+
+
+def read_benchmarks(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per benchmark file (repeats averaged): the run's coordinates, s, cpu_time, max_rss."""
+    rows = []
+    for path in paths:
+        run = Run.from_path(path)
+        frame = pd.read_csv(path, sep="\t", na_values=["NA", "-"])
+        row = dict(run.__dict__)
+        for column in ("s", "cpu_time", "max_rss"):
+            values = pd.to_numeric(frame[column], errors="coerce") if column in frame else pd.Series(dtype=float)
+            row[column] = float(values.mean()) if values.notna().any() else math.nan
+        rows.append(row)
+    if not rows:
+        raise ValueError("no benchmark file given")
+    return pd.DataFrame(rows)
+
+
+def summarize(bench: pd.DataFrame, threads: int | None = None) -> pd.DataFrame:
+    """Per (dataset, setting, method) rows, then a ``total`` row per setting and one for the grid."""
+
+    def agg(frame: pd.DataFrame, dataset: str, setting: str, method: str) -> dict:
+        return {
+            "dataset": dataset, "setting": setting, "method": method, "jobs": len(frame),
+            "wall_s_mean": frame["s"].mean(), "wall_s_max": frame["s"].max(), "wall_s_total": frame["s"].sum(),
+            "cpu_s_total": frame["cpu_time"].sum(min_count=1), "max_rss_mb": frame["max_rss"].max(),
+            "threads": threads,
+        }
+
+    order = {m: k for k, m in enumerate(METHOD_ORDER)}
+    rows = []
+    for (dataset, setting), frame in bench.groupby(["dataset", "setting"], sort=True):
+        methods = sorted(frame["method"].unique(), key=lambda m: (order.get(m, len(order)), m))
+        rows += [agg(frame[frame["method"] == m], dataset, setting, m) for m in methods]
+        rows.append(agg(frame, dataset, setting, "total"))
+    rows.append(agg(bench, "all", "all", "total"))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    table = pd.DataFrame({
+        "Dataset": summary["dataset"],
+        "Setting": summary["setting"],
+        "Method": [METHOD_NAMES.get(m, m) if m != "total" else "**total**" for m in summary["method"]],
+        "Jobs": summary["jobs"],
+        "Wall s (mean)": summary["wall_s_mean"].map(lambda v: f"{v:.1f}"),
+        "Wall s (max)": summary["wall_s_max"].map(lambda v: f"{v:.1f}"),
+        "Wall s (sum)": summary["wall_s_total"].map(lambda v: f"{v:.0f}"),
+        "CPU s (sum)": summary["cpu_s_total"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
+        "Peak RSS MB": summary["max_rss_mb"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
+    })
+    threads = summary["threads"].dropna().unique()
+    note = f" with {int(threads[0])} thread(s) per job" if len(threads) == 1 else ""
+    caption = (
+        "Table: Cost of the training jobs of the grid, from Snakemake's benchmark files" + note + ". "
+        "Wall s (sum) is the sequential cost; parallel jobs finish sooner. Peak RSS is the largest "
+        "resident memory of one job."
+    )
+    return f"{caption}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.runtime", description=__doc__.split("\n\n")[0])
+    parser.add_argument("benchmarks", nargs="+", help="benchmark TSV files of the training jobs")
+    parser.add_argument("--threads", type=int, default=None, help="threads per training job (for the caption)")
+    parser.add_argument("--csv", required=True)
+    parser.add_argument("--md", required=True)
+    args = parser.parse_args(argv)
+    summary = summarize(read_benchmarks(args.benchmarks), args.threads)
+    for path in (args.csv, args.md):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(args.csv, index=False, float_format="%.2f")
+    Path(args.md).write_text(to_markdown(summary))
+    print(f"{len(summary)} rows -> {args.csv}, {args.md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

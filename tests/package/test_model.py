@@ -1,0 +1,247 @@
+"""Decoders (cct/model/decoders.py), encoders and the CCT model (cct/model/cct.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cct.config import PERTURBATIONS, AuxConfig, ConfigError, ModelConfig, from_dict
+from cct.model.cct import CCT
+from cct.model.decoders import DecoderBank, icnr_
+from cct.model.encoder import build_encoder
+
+
+def reference_decoder(x, classifier, up_weights, up_biases):
+    """One decoder written out: conv1x1 (no bias), then per stage conv1x1 + ReLU + PixelShuffle(2)."""
+    y = F.conv2d(x, classifier)
+    for w, b in zip(up_weights, up_biases):
+        y = F.pixel_shuffle(F.relu(F.conv2d(y, w, b)), 2)
+    return y
+
+
+@pytest.mark.parametrize("upscale", [1, 2, 4])
+def test_decoder_bank_equals_separate_decoders(upscale):
+    c, k, count = 6, 5, 3
+    bank = DecoderBank(c, k, upscale, count)
+    with torch.no_grad():  # random biases, so a mix-up of decoders' biases would show
+        for b in bank.up_biases:
+            b.normal_()
+    x = torch.randn(2, count * c, 3, 4)
+    out = bank(x)
+    assert out.shape == (2, count, k, 3 * upscale, 4 * upscale)
+    for i in range(count):
+        xi = x[:, i * c : (i + 1) * c]
+        ref = reference_decoder(
+            xi,
+            bank.classifier[i * k : (i + 1) * k],
+            [w[i * 4 * k : (i + 1) * 4 * k] for w in bank.up_weights],
+            [b[i * 4 * k : (i + 1) * 4 * k] for b in bank.up_biases],
+        )
+        torch.testing.assert_close(out[:, i], ref, rtol=1e-5, atol=1e-5)
+        # the same decoder alone, as the VAT probe runs it
+        torch.testing.assert_close(bank.decode_one(xi, i), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bank.decode_one(xi.double(), i), ref.double(), rtol=1e-5, atol=1e-5)
+        # and a single-decoder bank holding decoder i's weights
+        single = DecoderBank(c, k, upscale, 1)
+        with torch.no_grad():
+            single.classifier.copy_(bank.classifier[i * k : (i + 1) * k])
+            for ws, bs, w, b in zip(single.up_weights, single.up_biases, bank.up_weights, bank.up_biases):
+                ws.copy_(w[i * 4 * k : (i + 1) * 4 * k])
+                bs.copy_(b[i * 4 * k : (i + 1) * 4 * k])
+        torch.testing.assert_close(single(xi)[:, 0], out[:, i], rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_bank_decoders_are_independently_initialised():
+    k = 4
+    bank = DecoderBank(8, k, 2, 3)
+    blocks = bank.classifier.detach().split(k)
+    assert not torch.allclose(blocks[0], blocks[1]) and not torch.allclose(blocks[1], blocks[2])
+
+
+def test_decoder_bank_rejects_a_non_power_of_two_upscale():
+    with pytest.raises(ValueError, match="power of two"):
+        DecoderBank(4, 3, 3, 1)
+
+
+@pytest.mark.parametrize("upscale", [2, 4])
+def test_icnr_init_gives_equal_sub_pixels_with_zero_bias(upscale):
+    bank = DecoderBank(5, 3, upscale, 2)
+    with torch.no_grad():
+        for b in bank.up_biases:
+            b.zero_()
+    out = bank(torch.randn(2, 10, 4, 4))
+    low = out[..., ::upscale, ::upscale]
+    nearest = low.repeat_interleave(upscale, dim=-2).repeat_interleave(upscale, dim=-1)
+    torch.testing.assert_close(out, nearest, rtol=0, atol=0)
+    assert out.abs().sum() > 0
+
+
+def test_icnr_repeats_each_kernel_over_its_four_sub_pixels():
+    w = torch.empty(12, 3, 1, 1)
+    icnr_(w, scale=2)
+    groups = w.view(3, 4, 3)
+    for j in range(1, 4):
+        assert torch.equal(groups[:, j], groups[:, 0])
+    assert not torch.equal(groups[0, 0], groups[1, 0])
+
+
+# --- encoders -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stride", [4, 8])
+def test_small_encoder_output_stride_and_channels(stride):
+    enc = build_encoder("small", False, stride, 8, True).eval()
+    z = enc(torch.randn(2, 3, 32, 48))
+    assert z.shape == (2, 16, 32 // stride, 48 // stride) and enc.out_channels == 16
+    assert bool((z >= 0).all())  # post-ReLU features, as the perturbations assume
+
+
+def test_resnet50_encoder_is_dilated_to_output_stride_8_with_psp():
+    enc = build_encoder("resnet50", False, 8, 32, True).eval()
+    with torch.no_grad():
+        z = enc(torch.randn(1, 3, 48, 32))
+    assert z.shape == (1, 512, 6, 4)
+    assert hasattr(enc, "psp")
+
+
+@pytest.mark.xfail(strict=True, reason="config accepts model.encoder resnet18/resnet34 but the encoder "
+                   "cannot be built (BasicBlock has no dilation; PSP expects 2048 channels)")
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_every_encoder_the_config_accepts_builds_or_is_rejected_by_name(name):
+    try:
+        config = from_dict({"model": {"encoder": name, "output_stride": 8}, "data": {"crop_size": 32}})
+    except ConfigError as exc:
+        assert "model.encoder" in str(exc)
+        return
+    try:
+        enc = build_encoder(config.model.encoder, False, 8, config.model.width, True).eval()
+    except ConfigError as exc:
+        assert name in str(exc) or "model.encoder" in str(exc)
+        return
+    with torch.no_grad():
+        z = enc(torch.randn(1, 3, 32, 32))
+    assert z.shape[-2:] == (4, 4) and z.shape[1] == enc.out_channels
+
+
+def test_small_encoder_has_no_pretrained_weights():
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        build_encoder("small", True, 4, 8, True)
+
+
+def test_missing_pretrained_weights_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="weights file not found"):
+        build_encoder("resnet50", str(tmp_path / "none.pth"), 8, 32, True)
+
+
+# --- the CCT model ------------------------------------------------------------------------------------
+
+def small_model(aux: dict, background=(0,), classes=5, stride=4) -> CCT:
+    config = ModelConfig(encoder="small", width=8, output_stride=stride, aux=AuxConfig(**aux))
+    return CCT(config, {"main": classes}, {"main": list(background)})
+
+
+NO_AUX = {name: 0 for name in PERTURBATIONS}
+
+
+def test_aux_decoder_kinds_follow_the_config_order_and_counts():
+    aux = dict(vat=1, dropout=2, cutout=0, context_masking=1, object_masking=0, feature_drop=3, feature_noise=1)
+    model = small_model(aux)
+    head = model.heads["main"]
+    assert head.kinds == ["vat", "dropout", "dropout", "context_masking", "feature_drop", "feature_drop",
+                          "feature_drop", "feature_noise"]
+    assert head.aux.count == 8 and head.main.count == 1
+
+
+def test_paper_default_has_30_aux_decoders():
+    head = small_model({}).heads["main"]
+    assert len(head.kinds) == 30
+    assert {k: head.kinds.count(k) for k in PERTURBATIONS} == dict(
+        vat=2, dropout=6, cutout=6, context_masking=2, object_masking=2, feature_drop=6, feature_noise=6)
+
+
+@pytest.mark.parametrize("stride", [4, 8])
+def test_output_shapes(stride):
+    model = small_model(dict(NO_AUX, vat=1, dropout=1, cutout=1, context_masking=1, object_masking=1,
+                             feature_drop=1, feature_noise=1), classes=6, stride=stride).eval()
+    x = torch.randn(2, 3, 32, 40)
+    logits = model(x)
+    assert logits.shape == (2, 6, 32, 40)
+    z = model.encoder(x)
+    assert z.shape == (2, 16, 32 // stride, 40 // stride)
+    aux = model.auxiliary(z, logits)
+    assert aux.shape == (2, 7, 6, 32, 40)
+    torch.testing.assert_close(model.decode(z), logits)
+
+
+def test_model_without_aux_decoders_refuses_auxiliary():
+    model = small_model(NO_AUX)
+    assert model.heads["main"].aux is None
+    z = torch.rand(1, 16, 4, 4)
+    with pytest.raises(ValueError, match="no auxiliary decoders"):
+        model.auxiliary(z, torch.randn(1, 5, 16, 16))
+
+
+def logits_for(pred: torch.Tensor, classes: int) -> torch.Tensor:
+    """Logits (B, K, H, W) whose argmax is ``pred`` (B, H, W)."""
+    return F.one_hot(pred, classes).permute(0, 3, 1, 2).float() * 5 + torch.rand(pred.shape[0], classes, *pred.shape[1:])
+
+
+def test_objects_map_respects_background_classes():
+    model = small_model(NO_AUX, background=(0, 2), classes=4)
+    pred = torch.randint(0, 4, (2, 16, 16))
+    objects = model.objects_map(logits_for(pred, 4), (4, 4))
+    expected = pred[:, ::4, ::4]  # nearest downsampling by 4
+    assert torch.equal(objects, (expected != 0) & (expected != 2))
+    # same prediction, default background [0]: class 2 now counts as an object
+    objects0 = small_model(NO_AUX, background=(0,), classes=4).objects_map(logits_for(pred, 4), (4, 4))
+    assert torch.equal(objects0, expected != 0)
+
+
+def test_guided_perturbations_follow_the_main_prediction():
+    """Con-Msk on an all-background prediction feeds zeros to its decoder; Obj-Msk feeds z unchanged.
+    Class 2 is background here (a per-dataset setting, not class 0 hard-coded)."""
+    model = small_model(dict(NO_AUX, context_masking=1, object_masking=1), background=(0, 2), classes=4).eval()
+    z = torch.rand(2, 16, 4, 4) + 0.1
+    all_background = logits_for(torch.full((2, 16, 16), 2), 4)
+    aux = model.auxiliary(z, all_background)
+    bank = model.heads["main"].aux
+    torch.testing.assert_close(aux[:, 0], bank.decode_one(torch.zeros_like(z), 0))
+    torch.testing.assert_close(aux[:, 1], bank.decode_one(z, 1))
+    # with objects everywhere the roles swap
+    all_objects = logits_for(torch.full((2, 16, 16), 3), 4)
+    aux = model.auxiliary(z, all_objects)
+    torch.testing.assert_close(aux[:, 0], bank.decode_one(z, 0))
+    torch.testing.assert_close(aux[:, 1], bank.decode_one(torch.zeros_like(z), 1))
+
+
+def test_vat_decoder_uses_its_own_weights():
+    model = small_model(dict(NO_AUX, vat=1, feature_noise=1)).eval()
+    z = torch.rand(1, 16, 4, 4) + 0.1
+    main_logits = torch.randn(1, 5, 16, 16)
+    torch.manual_seed(5)
+    aux = model.auxiliary(z, main_logits)
+    bank = model.heads["main"].aux
+    torch.manual_seed(5)
+    from cct.model import perturbations as P
+
+    z_adv = P.vat(z, lambda v: bank.decode_one(v, 0))
+    torch.testing.assert_close(aux[:, 0], bank.decode_one(z_adv, 0))
+
+
+def test_aux_gradients_reach_the_encoder_but_not_the_main_decoder_through_the_guide():
+    model = small_model(dict(NO_AUX, cutout=1, feature_noise=1))
+    x = torch.randn(2, 3, 16, 16)
+    z = model.encoder(x)
+    logits = model.decode(z)
+    model.auxiliary(z, logits).sum().backward()
+    assert all(p.grad is None for p in model.heads["main"].main.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_parameter_groups_split_backbone_from_the_rest():
+    model = small_model({})
+    backbone, rest = model.parameter_groups()
+    ids_b, ids_r = {id(p) for p in backbone}, {id(p) for p in rest}
+    assert not ids_b & ids_r
+    assert ids_b | ids_r == {id(p) for p in model.parameters()}
+    assert {id(p) for p in model.encoder.psp.parameters()} <= ids_r

@@ -1,0 +1,116 @@
+"""The workflow config: schema errors stop `snakemake` before any job with a message naming the key;
+the default and full configs dry-run to the expected jobs; `snakemake --lint` is silent."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import yaml
+from workflow_helpers import ROOT, snakemake, write_config
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Job stats of a dry run: {rule: count}."""
+    table = stdout[stdout.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture
+def workdir(tmp_path, default_config):
+    write_config(tmp_path, default_config)
+    return tmp_path
+
+
+def test_default_config_dry_run_lists_every_job(workdir, default_config):
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout)
+    n_counts = len(default_config["datasets"]["embedded"]["label_counts"])
+    n_seeds = len(default_config["seeds"])
+    assert counts["train"] == n_counts * 2 * n_seeds + 9 * n_seeds
+    assert counts["run_config"] == counts["train"]
+    assert counts["splits"] == n_counts  # the ablation's label count is one of the curve's
+    assert counts["table"] == 2 and counts["plot"] == 2 and counts["plot_curves"] == 2
+    assert counts["collect"] == counts["runtime"] == counts["all"] == 1
+    assert not (workdir / "results").exists()  # a dry run touches no data
+
+
+def test_full_config_dry_run(tmp_path):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    full = yaml.safe_load((ROOT / "config" / "embedded-full.yaml").read_text())
+    assert len(full["seeds"]) >= 3
+    proc = snakemake(tmp_path, "-n", "--configfile", "config/embedded-full.yaml")
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout)
+    n_runs = len(full["seeds"]) * len(full["datasets"]["embedded"]["split_seeds"]) * (
+        len(full["datasets"]["embedded"]["label_counts"]) * 2 + 9)
+    assert counts["train"] == n_runs
+    assert f"{full['results']}/tables/runs.csv" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "patch, key",
+    [
+        ({"seed": [0]}, "seed"),
+        ({"settings": {"label_fraction": {"methds": ["cct"]}}}, "methds"),
+        ({"datasets": {"embedded": {"label_count": [10]}}}, "label_count"),
+        ({"resources": {"train": {"gpus": 1}}}, "gpus"),
+        ({"cct": {"trian": {"iterations": 5}}}, "trian"),
+    ],
+)
+def test_unknown_key_fails_before_any_job(workdir, patch, key):
+    write_config(workdir, patch, "bad.yaml")
+    proc = snakemake(workdir, "-n", "--configfile", "bad.yaml")
+    assert proc.returncode != 0
+    assert f"'{key}' was unexpected" in proc.stdout + proc.stderr
+    assert not (workdir / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"seeds": ["a"]}, "'a' is not of type 'integer'"),
+        ({"settings": {"label_fraction": {"methods": ["cct", "vat"]}}}, "'vat' is not one of ['supervised', 'cct']"),
+        ({"resources": {"train": {"threads": 0}}}, "0 is less than the minimum of 1"),
+    ],
+)
+def test_bad_value_fails_with_its_message(workdir, patch, message):
+    write_config(workdir, patch, "bad.yaml")
+    proc = snakemake(workdir, "-n", "--configfile", "bad.yaml")
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+def test_cct_keys_are_checked_before_any_job(workdir):
+    pytest.importorskip("cct.config")
+    write_config(workdir, {"cct": {"train": {"iteratons": 5}}}, "bad.yaml")
+    proc = snakemake(workdir, "-n", "--configfile", "bad.yaml")
+    assert proc.returncode != 0
+    assert "iteratons" in proc.stdout + proc.stderr
+
+
+def test_grid_keys_are_refused(workdir):
+    write_config(workdir, {"cct": {"train": {"seed": 3}}}, "bad.yaml")
+    proc = snakemake(workdir, "-n", "--configfile", "bad.yaml")
+    assert proc.returncode != 0
+    assert "cct.train.seed: this key is set per run by the workflow" in proc.stdout + proc.stderr
+
+
+def test_lint_is_silent(workdir):
+    proc = snakemake(workdir, "--lint")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_profile_limits_gpus(workdir):
+    """profiles/default sets the global `gpu` limit to 1 (one training per GPU); Snakemake caps a
+    job's request at the limit, so even a request of 2 shows as 1."""
+    profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["resources"] == {"gpu": 1} and profile["rerun-incomplete"] is True
+    write_config(workdir, {"resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 5, "gpu": 2}}}, "gpu.yaml")
+    proc = snakemake(workdir, "-n", "--configfile", "gpu.yaml")
+    assert proc.returncode == 0, proc.stderr
+    train_jobs = re.findall(r"rule train:.*?resources: ([^\n]*)", proc.stdout, re.S)
+    assert train_jobs and all("gpu=1," in r for r in train_jobs)

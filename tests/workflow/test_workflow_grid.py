@@ -1,0 +1,211 @@
+"""The grid expansion (analysis/grid.py): which runs a config asks for and each run's cct config."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from workflow_helpers import ROOT
+from snakemake.utils import validate
+
+from analysis import grid
+from analysis.grid import GridError, Run
+
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def validated(config: dict) -> dict:
+    config = copy.deepcopy(config)
+    validate(config, SCHEMA)
+    return config
+
+
+def minimal(**extra) -> dict:
+    config = {"datasets": {"embedded": {"cct": {"data": {"dataset": "embedded"}}, "label_counts": [10, 20, 50]}}}
+    config.update(extra)
+    return validated(config)
+
+
+def test_schema_fills_defaults():
+    config = minimal()
+    assert config["results"] == "results"
+    assert config["seeds"] == [0, 1]
+    assert config["settings"]["label_fraction"] == {
+        "enabled": True, "methods": ["supervised", "cct"], "label_counts": None, "datasets": None, "seeds": None, "cct": {}}
+    ablation = config["settings"]["perturbation_ablation"]
+    assert ablation["methods"] == ["supervised", *grid.PERTURBATIONS, "all"]
+    assert ablation["label_count"] is None
+    assert config["datasets"]["embedded"]["split_seeds"] == [0]
+    assert config["resources"]["train"] == {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+
+
+def test_default_config_grid(default_config):
+    config = validated(default_config)
+    runs = grid.check_config(config)
+    by_setting = {s: [r for r in runs if r.setting == s] for s in grid.SETTINGS}
+    counts = config["datasets"]["embedded"]["label_counts"]
+    assert len(counts) >= 3 and len(config["seeds"]) >= 2  # the issue's minimum
+    # label_fraction: counts x {supervised, cct} x split draws x seeds
+    assert len(by_setting["label_fraction"]) == len(counts) * 2 * 1 * len(config["seeds"])
+    assert {r.method for r in by_setting["label_fraction"]} == {"supervised", "cct"}
+    # the full ablation: supervised, seven perturbations, all, at one label count
+    ablation = by_setting["perturbation_ablation"]
+    assert {r.method for r in ablation} == {"supervised", *grid.PERTURBATIONS, "all"}
+    assert {r.labels for r in ablation} == {config["settings"]["perturbation_ablation"]["label_count"]}
+    assert len(ablation) == 9 * len(config["seeds"])
+    assert len(runs) == len(set(runs))
+
+
+def test_grid_is_the_product_of_its_axes():
+    config = minimal(seeds=[0, 1, 2])
+    config["datasets"]["embedded"]["split_seeds"] = [0, 1]
+    config["datasets"]["other"] = {"cct": {"data": {"dataset": "embedded", "domain": "b"}}, "label_counts": [5, 40],
+                                   "split_seeds": [3], "user_splits": None}
+    runs = grid.expand_runs(config)
+    lf = [r for r in runs if r.setting == "label_fraction"]
+    # embedded: 3 counts x 2 splits x 3 seeds x 2 methods; other: 2 counts x 1 split x 3 seeds x 2 methods
+    assert len(lf) == 3 * 2 * 3 * 2 + 2 * 1 * 3 * 2
+    ab = [r for r in runs if r.setting == "perturbation_ablation"]
+    # one label count per dataset (the smallest when label_count is null)
+    assert {(r.dataset, r.labels) for r in ab} == {("embedded", 10), ("other", 5)}
+    assert len(ab) == 9 * 3 * (2 + 1)
+    assert {(r.split, r.seed) for r in lf if r.dataset == "embedded"} == {(s, t) for s in (0, 1) for t in (0, 1, 2)}
+    assert grid.splits_needed(runs) == sorted(
+        [("embedded", n, s) for n in (10, 20, 50) for s in (0, 1)] + [("other", 5, 3), ("other", 40, 3)]
+    )
+
+
+def test_setting_level_selectors():
+    config = minimal()
+    config["datasets"]["other"] = {"cct": {}, "label_counts": [7], "split_seeds": [0], "user_splits": None}
+    config["settings"]["label_fraction"].update(label_counts=[20, 10], seeds=[5], datasets=["embedded"])
+    config["settings"]["perturbation_ablation"].update(enabled=False)
+    runs = grid.expand_runs(config)
+    assert {r.setting for r in runs} == {"label_fraction"}
+    assert {(r.dataset, r.labels, r.seed) for r in runs} == {("embedded", 10, 5), ("embedded", 20, 5)}
+    assert grid.enabled_settings(config) == ["label_fraction"]
+
+
+def test_run_paths_round_trip():
+    run = Run("embedded", "perturbation_ablation", "context_masking", 20, 1, 3)
+    assert run.path == "embedded/perturbation_ablation/context_masking/20/split1/seed3"
+    assert Run.from_path(f"results/runs/{run.path}") == run
+    assert Run.from_path(f"/abs/results/runs/{run.path}/metrics.json") == run
+    assert Run.from_path(f"results/benchmarks/train/{run.path}.tsv") == run
+    with pytest.raises(ValueError):
+        Run.from_path("results/runs/embedded/cct/20/seed0/metrics.json")
+
+
+def test_method_overrides():
+    aux = dict(grid.PAPER_AUX)
+    assert grid.method_overrides("supervised", aux) == {"train": {"mode": "supervised"}}
+    for method in ("cct", "all"):
+        assert grid.method_overrides(method, aux) == {
+            "train": {"mode": "semi"},
+            "model": {"aux": {"vat": 2, "dropout": 6, "cutout": 6, "context_masking": 2, "object_masking": 2,
+                              "feature_drop": 6, "feature_noise": 6}},
+        }
+    for method in grid.PERTURBATIONS:
+        counts = grid.method_overrides(method, aux)["model"]["aux"]
+        assert counts[method] == grid.PAPER_AUX[method]
+        assert sum(counts.values()) == grid.PAPER_AUX[method]
+    with pytest.raises(GridError, match="feature_noise"):
+        grid.method_overrides("feature_noise", {**aux, "feature_noise": 0})
+
+
+def test_run_config_merge_order():
+    config = minimal()
+    config["cct"] = {"train": {"iterations": 100, "eval_interval": 50}, "model": {"aux": {"dropout": 3}}}
+    config["datasets"]["embedded"]["cct"] = {"data": {"dataset": "embedded", "domain": "b"}, "train": {"iterations": 200}}
+    config["settings"]["perturbation_ablation"]["cct"] = {"train": {"iterations": 300}}
+    run = Run("embedded", "perturbation_ablation", "dropout", 20, 1, 4)
+    tree = grid.run_config(config, run, "L.txt", "U.txt")
+    assert tree["train"] == {"iterations": 300, "eval_interval": 50, "mode": "semi", "seed": 4}
+    assert tree["data"] == {"dataset": "embedded", "domain": "b", "n_labeled": 20, "split_seed": 1,
+                            "labeled_list": "L.txt", "unlabeled_list": "U.txt"}
+    # the base config's aux count is the one the ablation keeps
+    assert tree["model"]["aux"] == {p: (3 if p == "dropout" else 0) for p in grid.PERTURBATIONS}
+    lf = grid.run_config(config, Run("embedded", "label_fraction", "cct", 10, 0, 0))
+    assert lf["train"]["iterations"] == 200
+    assert lf["model"]["aux"]["dropout"] == 3 and lf["model"]["aux"]["vat"] == 2
+    assert "labeled_list" not in lf["data"]
+    assert config["cct"]["model"]["aux"] == {"dropout": 3}  # inputs are not mutated
+
+
+def test_split_config_keeps_only_what_defines_the_images():
+    config = minimal()
+    config["cct"] = {"data": {"crop_size": 32, "num_workers": 2, "root": "/data"}}
+    config["datasets"]["embedded"]["cct"] = {"data": {"dataset": "embedded", "domain": "b", "flip": False}}
+    assert grid.split_config(config, "embedded") == {"data": {"root": "/data", "dataset": "embedded", "domain": "b"}}
+
+
+@pytest.mark.parametrize("where", ["cct", "datasets.embedded.cct", "settings.label_fraction.cct"])
+@pytest.mark.parametrize("key", ["train.seed", "data.n_labeled", "train.mode", "data.labeled_list"])
+def test_grid_keys_are_refused(where, key):
+    config = minimal()
+    node = config
+    for part in where.split("."):
+        node = node[part]
+    section, name = key.split(".")
+    node.setdefault(section, {})[name] = 1
+    with pytest.raises(GridError, match=f"{where}.{key}"):
+        grid.check_config(config)
+
+
+def test_unknown_dataset_in_setting():
+    config = minimal()
+    config["settings"]["label_fraction"]["datasets"] = ["nope"]
+    with pytest.raises(GridError, match="settings.label_fraction.datasets: 'nope'"):
+        grid.check_config(config)
+
+
+def test_ablation_of_a_disabled_perturbation_is_refused():
+    config = minimal()
+    config["cct"] = {"model": {"aux": {"vat": 0}}}
+    with pytest.raises(GridError, match="vat"):
+        grid.check_config(config)
+
+
+def test_user_splits(tmp_path):
+    labeled, unlabeled = tmp_path / "l.txt", tmp_path / "u.txt"
+    labeled.write_text("a\nb\n")
+    unlabeled.write_text("c\n")
+    config = minimal()
+    config["datasets"]["embedded"]["user_splits"] = [{"labels": 2, "labeled": str(labeled), "unlabeled": str(unlabeled)}]
+    config = validated(config)
+    grid.check_config(config)
+    assert grid.user_split(config, "embedded", 2, 0)["labeled"] == str(labeled)
+    assert grid.user_split(config, "embedded", 2, 1) is None
+    assert grid.user_split(config, "embedded", 10, 0) is None
+    config["datasets"]["embedded"]["user_splits"][0]["labels"] = 3
+    with pytest.raises(GridError, match=r"user_splits\[0\].labeled: .* lists 2 images, but labels is 3"):
+        grid.check_config(config)
+    config["datasets"]["embedded"]["user_splits"][0]["unlabeled"] = str(tmp_path / "missing.txt")
+    with pytest.raises(GridError, match="user_splits\\[0\\].unlabeled: file not found"):
+        grid.check_config(config)
+
+
+def test_cct_keys_are_checked_before_any_job():
+    cct_config = pytest.importorskip("cct.config")
+    config = minimal()
+    config["cct"] = {"train": {"iteratons": 10}}
+    with pytest.raises(GridError, match="iteratons"):
+        grid.check_config(config, cct_config.from_dict)
+    config["cct"] = {"train": {"iterations": "many"}}
+    with pytest.raises(GridError, match="train.iterations"):
+        grid.check_config(config, cct_config.from_dict)
+    config["cct"] = {"train": {"iterations": 10}}
+    assert grid.check_config(config, cct_config.from_dict)
+
+
+def test_run_config_is_valid_yaml_for_cct(tmp_path):
+    cct_config = pytest.importorskip("cct.config")
+    config = minimal()
+    run = Run("embedded", "perturbation_ablation", "vat", 10, 0, 1)
+    path = tmp_path / "run" / "overrides.yaml"
+    grid.dump_yaml(path, grid.run_config(config, run, "l.txt", "u.txt"))
+    loaded = cct_config.load_config(path)
+    assert loaded.train.mode == "semi" and loaded.train.seed == 1
+    assert loaded.model.aux.vat == 2 and loaded.model.aux.dropout == 0
+    assert yaml.safe_load(path.read_text())["data"]["labeled_list"] == "l.txt"

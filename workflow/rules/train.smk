@@ -1,0 +1,56 @@
+# One job per run of the grid: `cct train` into the run directory
+#   {results}/runs/{dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}/
+# holding overrides.yaml (what the workflow asks for), config.yaml (cct's resolved config),
+# metrics.json, checkpoint.pt, tb/ and train.log.
+#
+# Snakemake deletes a job's declared outputs before it starts, so the resume state lives outside
+# them, in {results}/resume/<run>/: an interrupted run resumes from its last checkpoint when the
+# workflow is started again (cct ignores a state written by a different config). It is removed
+# once the run has finished.
+
+
+localrules:
+    run_config,
+
+
+rule run_config:
+    """A run's cct config, written from params so that changing a hyperparameter reruns exactly the
+    runs it affects (Snakemake's params trigger), then read by `cct train --config`."""
+    output:
+        f"{RUN_DIR}/overrides.yaml",
+    params:
+        cct=run_cct_config,
+    log:
+        f"{R}/logs/run_config/{RUN}.log",
+    run:
+        grid.dump_yaml(output[0], params.cct)
+
+
+rule train:
+    input:
+        config=rules.run_config.output[0],
+        labeled=f"{SPLIT_DIR}/labeled.txt",
+        unlabeled=f"{SPLIT_DIR}/unlabeled.txt",
+    output:
+        metrics=f"{RUN_DIR}/metrics.json",
+        config=f"{RUN_DIR}/config.yaml",
+        checkpoint=f"{RUN_DIR}/checkpoint.pt",
+        tb=directory(f"{RUN_DIR}/tb"),
+    params:
+        out=lambda wildcards, output: os.path.dirname(output.metrics),
+        resume=f"{R}/resume/{RUN}",
+    log:
+        f"{RUN_DIR}/train.log",
+    benchmark:
+        f"{R}/benchmarks/train/{RUN}.tsv"
+    threads: res("train", "threads")
+    resources:
+        mem_mb=res("train", "mem_mb"),
+        runtime=res("train", "runtime"),
+        gpu=res("train", "gpu"),
+    conda:
+        ENV
+    shell:
+        "cct train --config {input.config:q} --set train.threads={threads} --out {params.out:q}"
+        " --resume-dir {params.resume:q} > {log:q} 2>&1"
+        " && rm -rf {params.resume:q}"

@@ -41,11 +41,11 @@ def _load_checkpoint(path: str):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         config = from_dict(state["config"])
-    except (KeyError, RuntimeError, EOFError) as exc:
-        raise ConfigError(f"--checkpoint: {path} is not a cct checkpoint ({exc})") from exc
-    config.model.pretrained = False  # the checkpoint holds the weights
-    model = CCT(config.model, {"main": len(state["class_names"])}, {"main": state["background_classes"]})
-    model.load_state_dict(state["model"])
+        config.model.pretrained = False  # the checkpoint holds the weights
+        model = CCT(config.model, {"main": len(state["class_names"])}, {"main": state["background_classes"]})
+        model.load_state_dict(state["model"])
+    except Exception as exc:  # torch.load raises many types (UnpicklingError, IndexError, ...) on foreign files
+        raise ConfigError(f"--checkpoint: {path} is not a cct checkpoint ({str(exc).splitlines()[0]})") from exc
     return model.eval(), config, state, load_source
 
 

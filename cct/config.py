@@ -40,7 +40,7 @@ class DataConfig:
     split_seed: int = 0
     labeled_list: str | None = None  # file of labelled ids (one per line), e.g. from `cct splits`
     unlabeled_list: str | None = None
-    crop_size: int = 64  # square training crop (px)
+    crop_size: int = 48  # square training crop (px)
     base_size: int | None = None  # long side before random scaling; None = keep the native size
     scale_range: tuple[float, float] = (0.75, 1.5)  # random rescale factors of base_size
     flip: bool = True
@@ -77,7 +77,7 @@ class PerturbationConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "small"  # small | resnet18 | resnet34 | resnet50 | resnet101
+    encoder: str = "small"  # small | resnet50 | resnet101
     pretrained: bool | str = False  # False | True (torch hub cache) | path to a .pth state dict
     output_stride: int = 4  # 8 for the paper's ResNets; 4 or 8 for `small`
     width: int = 32  # small encoder: channels of its first stage
@@ -103,7 +103,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.01
+    lr: float = 0.05  # the paper: 0.01 with a pretrained encoder
     momentum: float = 0.9
     weight_decay: float = 1e-4
     encoder_lr_factor: float = 1.0  # 0.1 for a pretrained encoder (the paper)
@@ -139,7 +139,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Check value ranges and choices; raise ConfigError naming the key."""
         _choice("data.dataset", self.data.dataset, ("embedded", "voc", "cityscapes", "camvid", "sunrgbd"))
-        _choice("model.encoder", self.model.encoder, ("small", "resnet18", "resnet34", "resnet50", "resnet101"))
+        _choice("model.encoder", self.model.encoder, ("small", "resnet50", "resnet101"))
         _choice("model.decoder", self.model.decoder, ("pixelshuffle", "bilinear"))
         _choice("model.output_stride", self.model.output_stride, (4, 8, 16))
         _choice("loss.supervised", self.loss.supervised, ("ce", "abce"))
@@ -158,6 +158,27 @@ class RunConfig:
         ]:
             if value < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {value}")
+        for key, value in [
+            ("train.batch_size_labeled", self.train.batch_size_labeled),
+            ("train.batch_size_unlabeled", self.train.batch_size_unlabeled),
+        ]:
+            if value < 2:  # batch norm (PSP's 1x1 pooling branch) needs two samples per batch
+                raise ConfigError(f"{key}: must be >= 2 (batch norm needs more than one sample), got {value}")
+        lo, hi = self.data.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.scale_range: need 0 < lo <= hi, got {[lo, hi]}")
+        for key, value in [
+            ("optim.lr", self.optim.lr),
+            ("loss.softmax_temp", self.loss.softmax_temp),
+            ("model.perturbation.vat_eps", self.model.perturbation.vat_eps),
+            ("model.perturbation.vat_xi", self.model.perturbation.vat_xi),
+        ]:
+            if not value > 0:
+                raise ConfigError(f"{key}: must be > 0, got {value}")
+        if not 0.0 <= self.loss.confidence_threshold < 1.0:
+            raise ConfigError(f"loss.confidence_threshold: must be in [0, 1), got {self.loss.confidence_threshold}")
+        if not 0.0 < self.model.perturbation.cutout_erase <= 1.0:
+            raise ConfigError(f"model.perturbation.cutout_erase: must be in (0, 1], got {self.model.perturbation.cutout_erase}")
         for name in PERTURBATIONS:
             if getattr(self.model.aux, name) < 0:
                 raise ConfigError(f"model.aux.{name}: must be >= 0, got {getattr(self.model.aux, name)}")

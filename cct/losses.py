@@ -42,7 +42,8 @@ def annealed_bootstrapped_ce(
     logits: torch.Tensor, target: torch.Tensor, threshold: float, min_kept: int = 1
 ) -> torch.Tensor:
     """ab-CE: CE over the labelled pixels whose predicted probability of the true class is below
-    ``threshold`` (the hard ones); at least ``min_kept`` pixels per image are kept (the hardest)."""
+    ``threshold`` (the hard ones); at least ``min_kept * B`` pixels of the batch are kept (the
+    hardest), as the official implementation does."""
     valid = target != IGNORE_INDEX
     safe = torch.where(valid, target, torch.zeros_like(target))
     prob = F.softmax(logits, dim=1).gather(1, safe.unsqueeze(1))[:, 0][valid]

@@ -33,7 +33,9 @@ class Source:
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         images, masks = self.arrays
-        return images[index], masks[index].astype(np.int64)
+        mask = masks[index].astype(np.int64)
+        check_mask(mask, self.num_classes, f"{self.name}: {self.ids[index]}")
+        return images[index], mask
 
     def subset(self, ids: list[str], what: str) -> list[int]:
         """Indices of ``ids``; an unknown id raises ConfigError naming ``what`` (the list) and the id."""
@@ -76,6 +78,9 @@ def load_source(config: DataConfig, split: str) -> Source:
             raise ConfigError(f"data.domain: {config.domain!r} is not one of {sorted(embedded.DOMAINS)}")
         data = embedded.generate(split, config.domain)
         background = [0] if config.background_classes is None else config.background_classes
+        bad = [c for c in background if not 0 <= c < len(data.class_names)]
+        if bad:
+            raise ConfigError(f"data.background_classes: {bad} not in 0..{len(data.class_names) - 1} ({config.dataset})")
         return Source(
             name=f"embedded-{config.domain}/{split}",
             ids=list(data.ids),

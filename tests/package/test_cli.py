@@ -129,8 +129,6 @@ def test_a_file_that_is_not_a_checkpoint(capsys, tmp_path):
     assert str(bogus) in line and "not a cct checkpoint" in line
 
 
-@pytest.mark.xfail(strict=True, reason="cli._load_checkpoint does not catch pickle.UnpicklingError: a file "
-                   "that is not a torch archive ends in a traceback instead of one line")
 def test_a_text_file_given_as_checkpoint(capsys, tmp_path):
     bogus = tmp_path / "notes.pt"
     bogus.write_text("these are notes, not weights\n")

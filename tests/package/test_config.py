@@ -133,8 +133,6 @@ def test_load_config_errors_name_the_file_and_key(tmp_path):
     assert load_config(empty) == from_dict(None)
 
 
-@pytest.mark.xfail(strict=True, reason="validate() does not range-check these keys: a reversed scale_range "
-                   "crashes the loader with a traceback, softmax_temp=0 makes the loss NaN, lr<=0 trains silently wrong")
 @pytest.mark.parametrize("override,key", [
     ("data.scale_range=[1.5, 0.75]", "data.scale_range"),
     ("optim.lr=-0.01", "optim.lr"),
@@ -142,3 +140,8 @@ def test_load_config_errors_name_the_file_and_key(tmp_path):
 ])
 def test_validate_rejects_values_that_cannot_train(override, key):
     assert key in error_of(overrides=[override])
+
+
+def test_decoder_choice_is_validated():
+    assert from_dict(None, ["model.decoder=pixelshuffle"]).model.decoder == "pixelshuffle"
+    assert "model.decoder" in error_of(overrides=["model.decoder=deconv"])

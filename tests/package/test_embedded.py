@@ -144,8 +144,6 @@ def test_default_palette_is_the_voc_colour_map():
     assert palette[255].tolist() == [255, 255, 255]
 
 
-@pytest.mark.xfail(strict=True, reason="data.background_classes is not checked against the dataset's classes: "
-                   "an id that does not exist is silently accepted")
 def test_background_classes_outside_the_dataset_are_rejected():
     with pytest.raises(ConfigError, match="data.background_classes"):
         load_source(DataConfig(background_classes=[0, 42]), "val")

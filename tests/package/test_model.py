@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cct.config import PERTURBATIONS, AuxConfig, ConfigError, ModelConfig, from_dict
 from cct.model.cct import CCT
-from cct.model.decoders import DecoderBank, icnr_
+from cct.model.decoders import DecoderBank, bilinear_upsample, icnr_
 from cct.model.encoder import build_encoder
 
 
@@ -20,36 +22,74 @@ def reference_decoder(x, classifier, up_weights, up_biases):
     return y
 
 
+def reference_bilinear(x, classifier, bias, scale):
+    """The bilinear decoder written out: conv1x1 with bias, then F.interpolate."""
+    y = F.conv2d(x, classifier, bias)
+    return F.interpolate(y, scale_factor=scale, mode="bilinear", align_corners=False) if scale > 1 else y
+
+
+@pytest.mark.parametrize("upsampling", ["pixelshuffle", "bilinear"])
 @pytest.mark.parametrize("upscale", [1, 2, 4])
-def test_decoder_bank_equals_separate_decoders(upscale):
+def test_decoder_bank_equals_separate_decoders(upscale, upsampling):
     c, k, count = 6, 5, 3
-    bank = DecoderBank(c, k, upscale, count)
+    bank = DecoderBank(c, k, upscale, count, upsampling)
     with torch.no_grad():  # random biases, so a mix-up of decoders' biases would show
         for b in bank.up_biases:
             b.normal_()
+        if bank.classifier_bias is not None:
+            bank.classifier_bias.normal_()
     x = torch.randn(2, count * c, 3, 4)
     out = bank(x)
     assert out.shape == (2, count, k, 3 * upscale, 4 * upscale)
+
+    def block(t, i, per):
+        return t[i * per : (i + 1) * per]
+
     for i in range(count):
         xi = x[:, i * c : (i + 1) * c]
-        ref = reference_decoder(
-            xi,
-            bank.classifier[i * k : (i + 1) * k],
-            [w[i * 4 * k : (i + 1) * 4 * k] for w in bank.up_weights],
-            [b[i * 4 * k : (i + 1) * 4 * k] for b in bank.up_biases],
-        )
+        if upsampling == "pixelshuffle":
+            assert len(bank.up_weights) == int(math.log2(upscale)) and bank.classifier_bias is None
+            ref = reference_decoder(
+                xi,
+                block(bank.classifier, i, k),
+                [block(w, i, 4 * k) for w in bank.up_weights],
+                [block(b, i, 4 * k) for b in bank.up_biases],
+            )
+        else:
+            assert len(bank.up_weights) == 0
+            ref = reference_bilinear(xi, block(bank.classifier, i, k), block(bank.classifier_bias, i, k), upscale)
         torch.testing.assert_close(out[:, i], ref, rtol=1e-5, atol=1e-5)
         # the same decoder alone, as the VAT probe runs it
         torch.testing.assert_close(bank.decode_one(xi, i), ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(bank.decode_one(xi.double(), i), ref.double(), rtol=1e-5, atol=1e-5)
         # and a single-decoder bank holding decoder i's weights
-        single = DecoderBank(c, k, upscale, 1)
+        single = DecoderBank(c, k, upscale, 1, upsampling)
         with torch.no_grad():
-            single.classifier.copy_(bank.classifier[i * k : (i + 1) * k])
+            single.classifier.copy_(block(bank.classifier, i, k))
+            if upsampling == "bilinear":
+                single.classifier_bias.copy_(block(bank.classifier_bias, i, k))
             for ws, bs, w, b in zip(single.up_weights, single.up_biases, bank.up_weights, bank.up_biases):
-                ws.copy_(w[i * 4 * k : (i + 1) * 4 * k])
-                bs.copy_(b[i * 4 * k : (i + 1) * 4 * k])
+                ws.copy_(block(w, i, 4 * k))
+                bs.copy_(block(b, i, 4 * k))
         torch.testing.assert_close(single(xi)[:, 0], out[:, i], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bilinear_upsample_matches_f_interpolate(scale, dtype):
+    x = torch.randn(2, 3, 5, 7, dtype=dtype, requires_grad=True)
+    out = bilinear_upsample(x, scale)
+    ref = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    (grad,) = torch.autograd.grad(out, x, g)
+    (grad_ref,) = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(grad, grad_ref)
+
+
+def test_decoder_bank_rejects_an_unknown_upsampling():
+    with pytest.raises(ValueError, match="model.decoder"):
+        DecoderBank(4, 3, 2, 1, "nearest")
 
 
 def test_decoder_bank_decoders_are_independently_initialised():
@@ -66,7 +106,7 @@ def test_decoder_bank_rejects_a_non_power_of_two_upscale():
 
 @pytest.mark.parametrize("upscale", [2, 4])
 def test_icnr_init_gives_equal_sub_pixels_with_zero_bias(upscale):
-    bank = DecoderBank(5, 3, upscale, 2)
+    bank = DecoderBank(5, 3, upscale, 2, "pixelshuffle")
     with torch.no_grad():
         for b in bank.up_biases:
             b.zero_()
@@ -104,8 +144,6 @@ def test_resnet50_encoder_is_dilated_to_output_stride_8_with_psp():
     assert hasattr(enc, "psp")
 
 
-@pytest.mark.xfail(strict=True, reason="config accepts model.encoder resnet18/resnet34 but the encoder "
-                   "cannot be built (BasicBlock has no dilation; PSP expects 2048 channels)")
 @pytest.mark.parametrize("name", ["resnet18", "resnet34"])
 def test_every_encoder_the_config_accepts_builds_or_is_rejected_by_name(name):
     try:
@@ -135,8 +173,8 @@ def test_missing_pretrained_weights_file_is_a_config_error(tmp_path):
 
 # --- the CCT model ------------------------------------------------------------------------------------
 
-def small_model(aux: dict, background=(0,), classes=5, stride=4) -> CCT:
-    config = ModelConfig(encoder="small", width=8, output_stride=stride, aux=AuxConfig(**aux))
+def small_model(aux: dict, background=(0,), classes=5, stride=4, decoder="bilinear") -> CCT:
+    config = ModelConfig(encoder="small", width=8, output_stride=stride, aux=AuxConfig(**aux), decoder=decoder)
     return CCT(config, {"main": classes}, {"main": list(background)})
 
 
@@ -159,10 +197,13 @@ def test_paper_default_has_30_aux_decoders():
         vat=2, dropout=6, cutout=6, context_masking=2, object_masking=2, feature_drop=6, feature_noise=6)
 
 
+@pytest.mark.parametrize("decoder", ["pixelshuffle", "bilinear"])
 @pytest.mark.parametrize("stride", [4, 8])
-def test_output_shapes(stride):
+def test_output_shapes(stride, decoder):
     model = small_model(dict(NO_AUX, vat=1, dropout=1, cutout=1, context_masking=1, object_masking=1,
-                             feature_drop=1, feature_noise=1), classes=6, stride=stride).eval()
+                             feature_drop=1, feature_noise=1), classes=6, stride=stride, decoder=decoder).eval()
+    for bank in (model.heads["main"].main, model.heads["main"].aux):
+        assert bank.upsampling == decoder and len(bank.up_weights) == (math.log2(stride) if decoder == "pixelshuffle" else 0)
     x = torch.randn(2, 3, 32, 40)
     logits = model(x)
     assert logits.shape == (2, 6, 32, 40)
@@ -245,3 +286,26 @@ def test_parameter_groups_split_backbone_from_the_rest():
     assert not ids_b & ids_r
     assert ids_b | ids_r == {id(p) for p in model.parameters()}
     assert {id(p) for p in model.encoder.psp.parameters()} <= ids_r
+
+
+def test_one_decoder_set_per_domain_with_its_own_background():
+    config = ModelConfig(encoder="small", width=8, aux=AuxConfig(**dict(NO_AUX, context_masking=1)))
+    model = CCT(config, {"a": 4, "b": 3}, {"a": [0], "b": [0, 1]}).eval()
+    x = torch.randn(1, 3, 16, 16)
+    assert model(x).shape == (1, 4, 16, 16) and model(x, "a").shape == (1, 4, 16, 16)
+    assert model(x, "b").shape == (1, 3, 16, 16)
+    pred = torch.tensor([[0, 1], [2, 1]]).repeat_interleave(8, 0).repeat_interleave(8, 1)[None]
+    assert torch.equal(model.objects_map(logits_for(pred, 4), (2, 2), "a"), torch.tensor([[[False, True], [True, True]]]))
+    pred_b = pred.clamp(max=2)
+    assert torch.equal(model.objects_map(logits_for(pred_b, 3), (2, 2), "b"), torch.tensor([[[False, False], [True, False]]]))
+
+
+@pytest.mark.parametrize("key", ["train.batch_size_labeled", "train.batch_size_unlabeled"])
+def test_batch_size_one_is_rejected_or_trains(key):
+    try:
+        config = from_dict(None, [f"{key}=1", "model.width=8"])
+    except ConfigError as exc:
+        assert key in str(exc)
+        return
+    model = CCT(config.model, {"main": 9}, {"main": [0]}).train()
+    model(torch.randn(1, 3, 32, 32)).sum().backward()

@@ -55,15 +55,15 @@ def test_short_supervised_run_lowers_the_loss_and_beats_chance(tmp_path):
 
     config = from_dict(None, [
         "train.mode=supervised", "train.iterations=250", "train.eval_interval=250", "train.batch_size_labeled=4",
-        "data.crop_size=64", "model.width=16", "train.progress=false",
+        "data.crop_size=64", "model.width=16", "optim.lr=0.01", "model.decoder=bilinear", "train.progress=false",
     ])
     metrics = train(config, tmp_path)
     # chance: predicting background everywhere gives IoU = background share for class 0, 0 elsewhere
     masks = embedded.generate("val", "a").masks
     chance = 100 * float((masks == 0).mean()) / len(embedded.class_names("a"))
     assert 8 < chance < 11
-    assert metrics["miou"] > chance + 3, (metrics["miou"], chance)
-    assert sum(v > 5 for k, v in metrics["per_class_iou"].items() if k != "background") >= 2
+    assert metrics["miou"] > chance + 5, (metrics["miou"], chance)
+    assert sum(v > 5 for k, v in metrics["per_class_iou"].items() if k != "background") >= 3
     # training loss (TensorBoard means over 10 iterations): the last ones well under the first
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
@@ -179,3 +179,24 @@ def test_semi_mode_without_aux_decoders_is_rejected(tmp_path):
                                              "feature_drop", "feature_noise")]
     with pytest.raises(ConfigError, match="model.aux"):
         train(from_dict(None, TINY + aux_off), tmp_path)
+
+
+def test_resume_state_of_another_config_is_ignored_but_execution_keys_may_differ(semi_reference, tmp_path, caplog):
+    ref_dir, ref = semi_reference
+    state = ref_dir / "resume" / "state.pt"
+    # same numbers, different execution settings (progress bar, threads): resumes at the end, no training
+    (tmp_path / "same" / "resume").mkdir(parents=True)
+    (tmp_path / "same" / "resume" / "state.pt").write_bytes(state.read_bytes())
+    with caplog.at_level(logging.INFO, logger="cct.train"):
+        same = train(from_dict(None, SEMI + ["train.progress=true", "train.threads=2"]), tmp_path / "same")
+    assert any("resuming from" in r.getMessage() and "at iteration 48" in r.getMessage() for r in caplog.records)
+    assert numbers(same) == numbers(ref)
+    caplog.clear()
+    # a different numeric config must not pick the state up
+    (tmp_path / "other" / "resume").mkdir(parents=True)
+    (tmp_path / "other" / "resume" / "state.pt").write_bytes(state.read_bytes())
+    with caplog.at_level(logging.INFO, logger="cct.train"):
+        other = train(from_dict(None, SEMI + ["train.iterations=2", "train.eval_interval=2"]), tmp_path / "other")
+    assert any("different config" in r.getMessage() for r in caplog.records)
+    assert not any("resuming from" in r.getMessage() for r in caplog.records)
+    assert [h["iteration"] for h in other["history"]] == [2]

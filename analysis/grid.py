@@ -15,6 +15,10 @@ Its cct config is the deep merge, later winning, of
 5. the grid point (labelled/unlabelled lists, label count, split seed, training seed).
 
 The keys of step 5 and ``train.mode`` belong to the grid: a config that sets them in 1-3 is refused.
+
+Two runs of different settings can resolve to the same cct config (the ablation's ``supervised`` and
+``all`` at a label count of the curve are the curve's ``supervised`` and ``cct``); the grid trains
+such a config once, and the other run is an alias of it (see :func:`canonical_runs`).
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ TRAINING_ONLY_DATA_KEYS = (
 )
 
 RUN_PATTERN = "{dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}"
+SPLIT_PATTERN = "{dataset}/{labels}/split{split}"  # under {results}/splits/
 _RUN_RE = re.compile(
     r"(?:^|/)(?P<dataset>[^/]+)/(?P<setting>[^/]+)/(?P<method>[^/]+)/(?P<labels>\d+)/split(?P<split>\d+)/seed(?P<seed>\d+)"
     r"(?:\.[A-Za-z0-9]+|/[^/]+)?$"
@@ -250,6 +255,51 @@ def run_config(config: Mapping[str, Any], run: Run, labeled_list: str | None = N
     if labeled_list is not None:
         point["data"].update(labeled_list=str(labeled_list), unlabeled_list=str(unlabeled_list))
     return deep_merge(base, method_overrides(run.method, aux_counts(base)), point)
+
+
+def split_lists(config: Mapping[str, Any], dataset: str, labels: int | str, split: int | str) -> dict[str, str]:
+    """The labelled and unlabelled lists of a split, as the workflow writes them
+    (``{results}/splits/{dataset}/{labels}/split{split}/{labeled,unlabeled}.txt``)."""
+    split_dir = f"{config['results']}/splits/" + SPLIT_PATTERN.format(dataset=dataset, labels=labels, split=split)
+    return {"labeled": f"{split_dir}/labeled.txt", "unlabeled": f"{split_dir}/unlabeled.txt"}
+
+
+def workflow_run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """A run's cct config as the workflow writes it (its ``overrides.yaml``): with its split lists."""
+    lists = split_lists(config, run.dataset, run.labels, run.split)
+    return run_config(config, run, lists["labeled"], lists["unlabeled"])
+
+
+def canonical_runs(config: Mapping[str, Any], runs: Iterable[Run] | None = None) -> dict[Run, Run]:
+    """Each run (default: every run of the grid) -> the run that trains its cct config.
+
+    Runs whose configs (:func:`workflow_run_config`, compared whole, split list paths included) are
+    equal share one training: the canonical run is the first of them in setting order (SETTINGS,
+    so label_fraction first), then method order (METHOD_ORDER); every other is an alias of it, and
+    the workflow copies the canonical run's results into its directory instead of training it.
+    A run maps to itself when it is canonical. Equal configs imply the same dataset (its split
+    paths), label count, split draw and training seed, so only runs sharing those are compared.
+    """
+    runs = expand_runs(config) if runs is None else list(runs)
+    order = sorted(set(runs), key=lambda r: (SETTINGS.index(r.setting), METHOD_ORDER.index(r.method), r))
+    canonical: dict[Run, Run] = {}
+    groups: dict[tuple, list[tuple[Run, dict[str, Any]]]] = {}
+    for run in order:
+        tree = workflow_run_config(config, run)
+        group = groups.setdefault((run.dataset, run.labels, run.split, run.seed), [])
+        canonical[run] = next((first for first, first_tree in group if first_tree == tree), run)
+        if canonical[run] == run:
+            group.append((run, tree))
+    return {run: canonical[run] for run in runs}
+
+
+def canonical_run(config: Mapping[str, Any], run: Run) -> Run:
+    """The run of the grid that trains ``run``'s cct config: ``run`` itself, or the run it is an
+    alias of (see :func:`canonical_runs`)."""
+    grid_runs = expand_runs(config)
+    if run not in grid_runs:
+        raise GridError(f"{run.path}: not a run of the grid")
+    return canonical_runs(config, grid_runs)[run]
 
 
 def split_config(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:

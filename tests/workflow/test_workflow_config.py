@@ -29,9 +29,19 @@ def test_default_config_dry_run_lists_every_job(workdir, default_config):
     counts = job_counts(proc.stdout)
     n_counts = len(default_config["datasets"]["embedded"]["label_counts"])
     n_seeds = len(default_config["seeds"])
-    assert counts["train"] == n_counts * 2 * n_seeds + 9 * n_seeds
+    ablation_count = default_config["settings"]["perturbation_ablation"]["label_count"]
+    assert ablation_count in default_config["datasets"]["embedded"]["label_counts"]
+    # 30 runs; the ablation's supervised and all runs are the curve's supervised and cct runs (aliases)
+    assert counts["train"] == n_counts * 2 * n_seeds + 9 * n_seeds - 2 * n_seeds == 26
+    assert counts["alias"] == 2 * n_seeds == 4
     assert counts["run_config"] == counts["train"]
     assert counts["splits"] == n_counts  # the ablation's label count is one of the curve's
+    aliases = re.findall(r"rule alias:\n.*?wildcards: alias=([^\n]*)", proc.stdout, re.S)
+    assert sorted(aliases) == sorted(f"embedded/perturbation_ablation/{m}/{ablation_count}/split0/seed{s}"
+                                     for m in ("supervised", "all") for s in default_config["seeds"])
+    trained = re.findall(r"rule train:\n.*?wildcards: ([^\n]*)", proc.stdout, re.S)
+    assert not any("setting=perturbation_ablation, method=supervised" in w for w in trained)
+    assert not any("setting=perturbation_ablation, method=all" in w for w in trained)
     assert counts["table"] == 2 and counts["plot"] == 2 and counts["plot_curves"] == 2
     assert counts["collect"] == counts["runtime"] == counts["all"] == 1
     assert not (workdir / "results").exists()  # a dry run touches no data
@@ -44,10 +54,22 @@ def test_full_config_dry_run(tmp_path):
     proc = snakemake(tmp_path, "-n", "--configfile", "config/embedded-full.yaml")
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
-    n_runs = len(full["seeds"]) * len(full["datasets"]["embedded"]["split_seeds"]) * (
-        len(full["datasets"]["embedded"]["label_counts"]) * 2 + 9)
-    assert counts["train"] == n_runs
+    n_points = len(full["seeds"]) * len(full["datasets"]["embedded"]["split_seeds"])
+    n_runs = n_points * (len(full["datasets"]["embedded"]["label_counts"]) * 2 + 9)
+    assert n_runs == 90
+    assert counts["train"] == n_runs - 2 * n_points == 78  # the ablation's supervised and all are aliases
+    assert counts["alias"] == 2 * n_points
     assert f"{full['results']}/tables/runs.csv" in proc.stdout
+
+
+def test_no_alias_when_the_ablation_config_differs(workdir):
+    """A settings.perturbation_ablation.cct that changes its runs' config: every run is trained."""
+    write_config(workdir, {"settings": {"perturbation_ablation": {"cct": {"loss": {"unsupervised_w": 10.0}}}}}, "own.yaml")
+    proc = snakemake(workdir, "-n", "--configfile", "own.yaml")
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == counts["run_config"] == 30
+    assert "alias" not in counts
 
 
 @pytest.mark.parametrize(

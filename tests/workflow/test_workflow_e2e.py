@@ -1,6 +1,7 @@
 """A real `snakemake` run of the workflow on a tiny grid (a few iterations) in a temporary directory:
-splits, training, tables, plots, the runtime table and the report; then the behaviours users rely on
-(nothing reruns, a changed hyperparameter reruns exactly its runs, an interrupted run resumes)."""
+splits, training (the ablation's supervised run an alias of the curve's), tables, plots, the runtime
+table and the report; then the behaviours users rely on (nothing reruns, a changed hyperparameter
+reruns exactly its runs, an interrupted run resumes)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,14 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert "vat: 2" in (run_dir / "config.yaml").read_text() and "dropout: 0" in (run_dir / "config.yaml").read_text()
     labeled = (results / "splits" / "tiny" / "10" / "split0" / "labeled.txt").read_text().split()
     assert len(labeled) == 10
+    # the ablation's supervised run has the curve's config: copied, not trained again
+    alias = results / "runs" / "tiny" / "perturbation_ablation" / "supervised" / "10" / "split0" / "seed0"
+    source = results / "runs" / "tiny" / "label_fraction" / "supervised" / "10" / "split0" / "seed0"
+    for name in ("metrics.json", "config.yaml"):
+        assert (alias / name).read_bytes() == (source / name).read_bytes(), name
+    assert not (alias / "checkpoint.pt").exists() and not (alias / "overrides.yaml").exists()
+    assert "results/runs/tiny/label_fraction/supervised/10/split0/seed0" in (alias / "alias.log").read_text()
+    assert not (results / "benchmarks" / "train" / "tiny" / "perturbation_ablation" / "supervised").exists()
 
     # tables: CSV, Markdown and LaTeX per setting, with the protocol in the caption, no paper number
     lf = pd.read_csv(results / "tables" / "label_fraction.csv")
@@ -70,7 +79,8 @@ def test_tiny_grid_end_to_end(tmp_path):
             for ext in ("png", "pdf"):
                 assert (results / "plots" / f"{name}.{ext}").stat().st_size > 1000
     cost = pd.read_csv(results / "tables" / "runtime.csv")
-    assert cost.iloc[-1]["jobs"] == 4 and cost.iloc[-1]["wall_s_total"] > 0
+    assert cost.iloc[-1]["jobs"] == 3 and cost.iloc[-1]["wall_s_total"] > 0  # trainings only, not the alias
+    assert not ((cost["setting"] == "perturbation_ablation") & (cost["method"] == "supervised")).any()
 
     # the report
     proc = snakemake(tmp_path, "--report", "results/report.html")
@@ -88,6 +98,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = train_jobs(proc.stdout)
     assert len(jobs) == 2 and all("setting=perturbation_ablation" in j for j in jobs)
+    assert any("method=supervised" in j for j in jobs)  # no longer the curve's config: trained
 
 
 def test_interrupted_run_resumes(tmp_path):

@@ -57,6 +57,58 @@ def test_default_config_grid(default_config):
     assert len(runs) == len(set(runs))
 
 
+def test_default_config_trains_each_config_once(default_config):
+    """30 runs, 26 trainings: the ablation's supervised and all runs at its label count have the
+    curve's supervised and cct configs (split lists included) and become aliases of them."""
+    config = validated(default_config)
+    runs = grid.check_config(config)
+    canonical = grid.canonical_runs(config, runs)
+    assert list(canonical) == runs and len(runs) == 30
+    assert len({c for c in canonical.values()}) == 26
+    labels = config["settings"]["perturbation_ablation"]["label_count"]
+    expected = {
+        Run("embedded", "perturbation_ablation", ablation, labels, 0, seed): Run("embedded", "label_fraction", curve, labels, 0, seed)
+        for ablation, curve in (("supervised", "supervised"), ("all", "cct")) for seed in config["seeds"]
+    }
+    assert {r: c for r, c in canonical.items() if r != c} == expected
+    for alias, run in expected.items():
+        assert grid.canonical_run(config, alias) == run
+        assert grid.canonical_run(config, run) == run  # a trained run is its own canonical run
+        assert grid.workflow_run_config(config, alias) == grid.workflow_run_config(config, run)
+        assert grid.workflow_run_config(config, alias)["data"]["labeled_list"] == (
+            f"results/splits/embedded/{labels}/split0/labeled.txt")
+    vat = Run("embedded", "perturbation_ablation", "vat", labels, 0, 0)
+    assert grid.canonical_run(config, vat) == vat
+    with pytest.raises(GridError, match="not a run of the grid"):
+        grid.canonical_run(config, Run("embedded", "perturbation_ablation", "vat", 7, 0, 0))
+
+
+@pytest.mark.parametrize("setting", ["label_fraction", "perturbation_ablation"])
+def test_no_alias_when_a_setting_config_differs(default_config, setting):
+    config = validated(default_config)
+    config["settings"][setting]["cct"] = {"loss": {"unsupervised_w": 10.0}}
+    canonical = grid.canonical_runs(config)
+    assert len(canonical) == 30 and all(r == c for r, c in canonical.items())
+
+
+def test_no_alias_across_split_lists_or_label_counts():
+    # two dataset keys with one cct config: same mapping but for the split list paths
+    config = minimal()
+    config["datasets"]["twin"] = copy.deepcopy(config["datasets"]["embedded"])
+    config["settings"]["label_fraction"]["datasets"] = ["embedded"]
+    config["settings"]["perturbation_ablation"]["datasets"] = ["twin"]
+    assert all(r == c for r, c in grid.canonical_runs(config).items())
+    # the ablation's label count is not on the curve
+    config = minimal()
+    config["settings"]["label_fraction"]["label_counts"] = [20, 50]
+    assert all(r == c for r, c in grid.canonical_runs(config).items())
+    # and is: the ablation's supervised and all share the curve's runs
+    config["settings"]["perturbation_ablation"]["label_count"] = 20
+    aliases = {r for r, c in grid.canonical_runs(config).items() if r != c}
+    assert {(r.setting, r.method, r.labels) for r in aliases} == {
+        ("perturbation_ablation", "supervised", 20), ("perturbation_ablation", "all", 20)}
+
+
 def test_grid_is_the_product_of_its_axes():
     config = minimal(seeds=[0, 1, 2])
     config["datasets"]["embedded"]["split_seeds"] = [0, 1]

@@ -2,7 +2,9 @@
 # The grid logic itself is plain Python in analysis/grid.py (tested in tests/workflow/).
 
 import os
+import re
 import shlex
+import shutil
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -36,10 +38,16 @@ try:
 except grid.GridError as exc:
     raise WorkflowError(f"Invalid config: {exc}")
 
+# A run whose cct config equals an earlier run's (the ablation's supervised/all at a label count of
+# the curve) is not trained again: rule alias copies the canonical run's results into its directory.
+CANONICAL = grid.canonical_runs(config, RUNS)  # run -> the run that trains its config
+TRAINED = [r for r in RUNS if CANONICAL[r] == r]
+ALIASES = {r: c for r, c in CANONICAL.items() if r != c}
+
 R = config["results"]
 RUN = grid.RUN_PATTERN  # {dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}
 RUN_DIR = f"{R}/runs/{RUN}"
-SPLIT_DIR = f"{R}/splits/{{dataset}}/{{labels}}/split{{split}}"
+SPLIT_DIR = f"{R}/splits/{grid.SPLIT_PATTERN}"  # {dataset}/{labels}/split{split}
 PAPER_NUMBERS = config["paper_numbers"] or os.path.join(ROOT, "data", "paper_numbers.csv")
 ENV = "../../environment.yml"
 
@@ -68,19 +76,32 @@ def run_files(name, setting=None):
 
 
 def train_benchmarks():
-    return [f"{R}/benchmarks/train/{r.path}.tsv" for r in RUNS]
+    """Benchmarks of the training jobs: aliases are no training and have none."""
+    return [f"{R}/benchmarks/train/{r.path}.tsv" for r in TRAINED]
 
 
-def split_lists(wildcards):
-    """The labelled and unlabelled lists a run reads."""
-    split_dir = SPLIT_DIR.format(**wildcards)
-    return {"labeled": f"{split_dir}/labeled.txt", "unlabeled": f"{split_dir}/unlabeled.txt"}
+def alias_pattern():
+    """Regex of the alias run paths (the {alias} wildcard of rule alias); matches nothing if none."""
+    return "|".join(re.escape(r.path) for r in sorted(ALIASES)) or "(?!)"
+
+
+def canonical_files(wildcards):
+    """The canonical run's files that rule alias copies into the alias run's directory."""
+    canonical = CANONICAL[grid.Run.from_path(wildcards.alias)]
+    return {"metrics": f"{R}/runs/{canonical.path}/metrics.json", "config": f"{R}/runs/{canonical.path}/config.yaml"}
+
+
+def copy_alias(input, output, log):
+    """Rule alias: copy the canonical run's files and name it in the log."""
+    for name in ("metrics", "config"):
+        shutil.copyfile(input[name], output[name])
+    with open(log, "w") as handle:
+        handle.write(f"alias of {os.path.dirname(input.metrics)}: same cct config; copied, not trained\n")
 
 
 def run_cct_config(wildcards):
     """The cct config of the run named by the wildcards (written to its overrides.yaml)."""
-    lists = split_lists(wildcards)
-    return grid.run_config(config, grid.Run.from_wildcards(wildcards), lists["labeled"], lists["unlabeled"])
+    return grid.workflow_run_config(config, grid.Run.from_wildcards(wildcards))
 
 
 def user_lists(wildcards):

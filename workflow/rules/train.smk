@@ -7,10 +7,19 @@
 # them, in {results}/resume/<run>/: an interrupted run resumes from its last checkpoint when the
 # workflow is started again (cct ignores a state written by a different config). It is removed
 # once the run has finished.
+#
+# A run whose cct config equals that of an earlier run (grid.canonical_runs: the ablation's
+# supervised/all at a label count of the curve are the curve's supervised/cct) is an alias: rule
+# alias copies the canonical run's metrics.json and config.yaml into its directory (no checkpoint,
+# no benchmark), so every config is trained once and the tables still get one row per run.
 
 
 localrules:
     run_config,
+    alias,
+
+
+ruleorder: alias > train
 
 
 rule run_config:
@@ -54,3 +63,18 @@ rule train:
         "cct train --config {input.config:q} --set train.threads={threads} --out {params.out:q}"
         " --resume-dir {params.resume:q} > {log:q} 2>&1"
         " && rm -rf {params.resume:q}"
+
+
+rule alias:
+    """An alias run: the canonical run's results, copied (its config equals the alias run's)."""
+    input:
+        unpack(canonical_files),
+    output:
+        metrics=f"{R}/runs/{{alias}}/metrics.json",
+        config=f"{R}/runs/{{alias}}/config.yaml",
+    log:
+        f"{R}/runs/{{alias}}/alias.log",
+    wildcard_constraints:
+        alias=alias_pattern(),
+    run:
+        copy_alias(input, output, log[0])

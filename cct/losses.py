@@ -56,6 +56,36 @@ def annealed_bootstrapped_ce(
     return loss[keep].mean()
 
 
+class _SoftmaxMSE(torch.autograd.Function):
+    """mean((softmax(a, dim=2) - t)^2) over all elements of a (B, N, K, ...), t (B, 1, K, ...).
+
+    Written by hand because no library fuses softmax with MSE: autograd would keep softmax(a),
+    p - t and the softmax backward's temporaries, each as large as the 30 auxiliary outputs (over
+    0.5 GB at the paper's crop), and allocating them every step dominated a CCT step on CPU. Here
+    the forward keeps nothing new, and the backward recomputes p one decoder at a time:
+    d/da = p * (g - sum_k p_k g_k) with g = 2 (p - t) / numel.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = logits.new_zeros((), dtype=torch.float64)
+        for n in range(logits.shape[1]):
+            total += ((torch.softmax(logits[:, n], dim=1) - target[:, 0]) ** 2).sum(dtype=torch.float64)
+        ctx.save_for_backward(logits, target)
+        return (total / logits.numel()).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, target = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        scale = 2.0 * grad_out / logits.numel()
+        for n in range(logits.shape[1]):
+            p = torch.softmax(logits[:, n], dim=1)
+            g = (p - target[:, 0]).mul_(scale)
+            grad[:, n] = p * (g - (p * g).sum(dim=1, keepdim=True))
+        return grad, None
+
+
 def _confidence_mask(target_prob: torch.Tensor, threshold: float | None) -> torch.Tensor | None:
     """Bool (B, 1, H, W): pixels whose main-prediction confidence exceeds ``threshold``."""
     if threshold is None:
@@ -72,7 +102,8 @@ def consistency_loss(
 ) -> torch.Tensor:
     """Mean over auxiliary decoders of the distance between each one's prediction and the main one.
 
-    ``aux_logits`` (B, N, K, H, W), ``main_logits`` (B, K, H, W), the latter detached here (the
+    ``aux_logits`` (B, N, K, ...), ``main_logits`` (B, K, ...) with the same spatial layout (any:
+    every reduction is over pixels), the latter detached here (the
     main decoder is not trained by this loss, as in the paper). ``mse``: squared error between
     softmax outputs, mean over all elements; ``kl``: KL(main || aux) per pixel; ``js``: Jensen-Shannon
     per pixel. With ``confidence_threshold``, only pixels where the main prediction is more
@@ -80,8 +111,8 @@ def consistency_loss(
     """
     target = F.softmax(main_logits.detach() / temperature, dim=1).unsqueeze(1)
     mask = _confidence_mask(target[:, 0], confidence_threshold)
-    if kind == "mse" and mask is None:  # the default: one fused kernel over all elements
-        return F.mse_loss(F.softmax(aux_logits, dim=2), target.expand_as(aux_logits))
+    if kind == "mse" and mask is None:  # the default, fused (see _SoftmaxMSE)
+        return _SoftmaxMSE.apply(aux_logits, target)
     log_p = F.log_softmax(aux_logits, dim=2)
     if kind == "mse":
         per = ((log_p.exp() - target) ** 2).mean(dim=2)  # (B, N, H, W), averaged over K
@@ -96,7 +127,7 @@ def consistency_loss(
         raise ValueError(f"loss.consistency: unknown kind {kind!r}")
     if mask is None:
         return per.mean()
-    mask = mask.expand(-1, per.shape[1], -1, -1)
+    mask = mask.expand_as(per)
     return (per * mask).sum() / mask.sum().clamp_min(1)
 
 

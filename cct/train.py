@@ -206,9 +206,10 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
                     x_u = next(unl)[0].to(device, non_blocking=True)
                     z_u = model.encoder(x_u)
                     logits_u = model.decode(z_u)
-                    aux = model.auxiliary(z_u, logits_u).float()
+                    aux = model.auxiliary(z_u, logits_u, native=True).float()
+                    target = model.to_native(logits_u.float())
                     threshold = lc.confidence_threshold if lc.confidence_masking else None
-                    terms["loss_unsup"] = losses.consistency_loss(aux, logits_u.float(), lc.consistency, threshold, lc.softmax_temp)
+                    terms["loss_unsup"] = losses.consistency_loss(aux, target, lc.consistency, threshold, lc.softmax_temp)
                     w_u = losses.unsupervised_weight(i, total, lc.unsupervised_w, lc.rampup)
                     loss = loss + w_u * terms["loss_unsup"]
                     if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)

@@ -68,8 +68,16 @@ class CCT(nn.Module):
         background = getattr(self, f"background_{domain or self.default_domain}")
         return ~torch.isin(pred, background)
 
-    def auxiliary(self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None) -> torch.Tensor:
-        """All auxiliary decoders on their perturbations of z -> logits (B, N_aux, K, H, W).
+    def to_native(self, logits: torch.Tensor, domain: str | None = None) -> torch.Tensor:
+        """A full-resolution map (B, K, H, W) in the decoders' native layout (see DecoderBank)."""
+        return self._head(domain).main.to_native(logits)
+
+    def auxiliary(
+        self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None, native: bool = False
+    ) -> torch.Tensor:
+        """All auxiliary decoders on their perturbations of z -> logits (B, N_aux, K, H, W), or with
+        ``native`` in the decoders' native layout (compare with ``to_native(main_logits)``: same
+        pixels in another order, without the final rearrangement of 30 full-resolution maps).
 
         ``main_logits`` (B, K, H, W) is the main decoder's prediction on the same images; it guides
         G-Cutout, Con-Msk and Obj-Msk (detached: the guide carries no gradient).
@@ -85,7 +93,13 @@ class CCT(nn.Module):
         for index, kind in enumerate(head.kinds):
             if kind == "vat":
                 inputs.append(
-                    P.vat(z, lambda v, i=index: head.aux.decode_one(v, i), cfg.vat_xi, cfg.vat_eps, cfg.vat_iterations)
+                    P.vat(
+                        z,
+                        lambda v, i=index: head.aux.decode_one(v, i, native=True),  # KL is per pixel: any layout
+                        cfg.vat_xi,
+                        cfg.vat_eps,
+                        cfg.vat_iterations,
+                    )
                 )
             elif kind == "dropout":
                 inputs.append(P.dropout(z, cfg.dropout_p))
@@ -99,7 +113,7 @@ class CCT(nn.Module):
                 inputs.append(P.feature_drop(z, cfg.feature_drop_range))
             elif kind == "feature_noise":
                 inputs.append(P.feature_noise(z, cfg.feature_noise_range))
-        return head.aux(torch.cat(inputs, dim=1))
+        return head.aux(torch.cat(inputs, dim=1), native=native)
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, the rest): the paper trains a pretrained backbone at a 10x lower rate;

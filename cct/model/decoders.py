@@ -94,7 +94,9 @@ class DecoderBank(nn.Module):
             self.up_weights.append(nn.Parameter(w))
             self.up_biases.append(nn.Parameter(bias))
 
-    def _run(self, x: torch.Tensor, groups: int, select: slice | None = None) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, groups: int, select: slice | None = None, native: bool = False) -> torch.Tensor:
+        """(B, G*C_z, h, w) -> (B, G, K, H, W), or with ``native`` the layout of :meth:`to_native`."""
+
         def take(t: torch.Tensor, per: int) -> torch.Tensor:
             t = t if select is None else t[select.start * per : select.stop * per]
             return t.to(x.dtype)
@@ -103,17 +105,59 @@ class DecoderBank(nn.Module):
         bias = None if self.classifier_bias is None else take(self.classifier_bias, k)
         x = _grouped_1x1(x, take(self.classifier, k), bias, groups)
         if self.upsampling == "bilinear":
-            return bilinear_upsample(x, self.upscale)
-        for w, b in zip(self.up_weights, self.up_biases):
-            # PixelShuffle maps channel blocks of 4 to one output channel, so the group structure
-            # (decoder i owns channels [i*4K, (i+1)*4K) -> [i*K, (i+1)*K)) is preserved.
-            x = F.pixel_shuffle(F.relu(_grouped_1x1(x, take(w, 4 * k), take(b, 4 * k), groups)), 2)
-        return x
+            return bilinear_upsample(x, self.upscale).unflatten(1, (groups, k))
+        # Sub-pixel stages without moving data: a 1x1 conv acts on each pixel alone, so it commutes
+        # with PixelShuffle. Keep every sub-pixel as an extra axis S, (B, G, K, S, h*w): stage j's
+        # conv output channel c*4 + a (a = the sub-pixel PixelShuffle would send it to) is viewed
+        # as (c, a) and a becomes the slowest part of S. One permutation at the end (to_image)
+        # yields PixelShuffle's exact arrangement; losses that are means over pixels skip it.
+        b, _, h, w = x.shape
+        u = x.view(b, groups, k, 1, h * w)
+        for weight, bias in zip(self.up_weights, self.up_biases):
+            s = u.shape[3]
+            wg = take(weight, 4 * k).view(groups, 4 * k, k)
+            y = torch.matmul(wg, u.reshape(b, groups, k, s * h * w))
+            # in place: neither matmul's nor add's backward needs y, and relu's needs only its output
+            u = y.add_(take(bias, 4 * k).view(1, groups, 4 * k, 1)).relu_().view(b, groups, k, 4 * s, h * w)
+        u = u.view(b, groups, k, -1, h, w)
+        if self.stages == 0:  # upscale 1: native and image layouts coincide
+            return u[:, :, :, 0]
+        return u if native else self.to_image(u)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._run(x, self.count)
-        return out.unflatten(1, (self.count, self.num_classes))
+    def to_image(self, u: torch.Tensor) -> torch.Tensor:
+        """Native (..., K, 4^n, h, w) -> (..., K, h*2^n, w*2^n), as n PixelShuffle(2) stages place it."""
+        n = self.stages
+        if n == 0 or self.upsampling == "bilinear":
+            return u
+        lead = u.shape[:-3]
+        h, w = u.shape[-2:]
+        d = len(lead)
+        v = u.reshape(*lead, *([2, 2] * n), h, w)  # sub-pixel axes i_n, j_n, ..., i_1, j_1 (newest first)
+        i_axes = [d + 2 * (n - k) for k in range(1, n + 1)]  # i_1 .. i_n
+        j_axes = [a + 1 for a in i_axes]
+        order = [*range(d), d + 2 * n, *i_axes, d + 2 * n + 1, *j_axes]
+        return v.permute(order).reshape(*lead, h << n, w << n)
 
-    def decode_one(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Decoder ``index`` alone on (B, C_z, h, w), in x's dtype (float64 for the VAT probe)."""
-        return self._run(x, 1, slice(index, index + 1))
+    def to_native(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_image`: a full-resolution map (..., K, H, W) in the decoders' native
+        layout, so that per-pixel losses can compare it with native outputs."""
+        n = self.stages
+        if n == 0 or self.upsampling == "bilinear":
+            return t
+        lead = t.shape[:-2]
+        h, w = t.shape[-2] >> n, t.shape[-1] >> n
+        d = len(lead)
+        v = t.reshape(*lead, h, *([2] * n), w, *([2] * n))  # h, i_1..i_n, w, j_1..j_n
+        order = list(range(d))
+        for k in range(n, 0, -1):
+            order += [d + k, d + n + 1 + k]
+        order += [d, d + n + 1]
+        return v.permute(order).reshape(*lead, 4**n, h, w)
+
+    def forward(self, x: torch.Tensor, native: bool = False) -> torch.Tensor:
+        """(B, count*C_z, h, w) -> (B, count, K, H, W) logits (native layout if asked)."""
+        return self._run(x, self.count, native=native)
+
+    def decode_one(self, x: torch.Tensor, index: int, native: bool = False) -> torch.Tensor:
+        """Decoder ``index`` alone on (B, C_z, h, w) -> (B, K, ...), in x's dtype (float64 for the VAT probe)."""
+        return self._run(x, 1, slice(index, index + 1), native)[:, 0]

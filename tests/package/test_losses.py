@@ -230,3 +230,16 @@ def test_weak_loss_is_the_ce_of_every_aux_decoder_against_the_pseudo_labels():
     pseudo = torch.tensor([[[1, 0]]])  # dec 0: 0.2, 0.5; dec 1: 0.8, 0.9
     loss = L.weak_loss(aux_logits(), pseudo)
     assert loss.item() == pytest.approx(-(math.log(0.2) + math.log(0.5) + math.log(0.8) + math.log(0.9)) / 4, rel=1e-5)
+
+
+def test_fused_softmax_mse_matches_autograd_reference_value_and_gradient():
+    torch.manual_seed(0)
+    aux = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    main = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    fused = L.consistency_loss(aux, main, "mse")
+    reference = ((aux.softmax(2) - main.softmax(1).unsqueeze(1)) ** 2).mean()
+    torch.testing.assert_close(fused, reference)
+    (g_fused,) = torch.autograd.grad(fused, aux)
+    (g_ref,) = torch.autograd.grad(reference, aux)
+    torch.testing.assert_close(g_fused, g_ref)
+    assert torch.autograd.gradcheck(lambda a: L.consistency_loss(a, main, "mse"), (aux,))

@@ -309,3 +309,18 @@ def test_batch_size_one_is_rejected_or_trains(key):
         return
     model = CCT(config.model, {"main": 9}, {"main": [0]}).train()
     model(torch.randn(1, 3, 32, 32)).sum().backward()
+
+
+@pytest.mark.parametrize("upscale", [2, 4, 8])
+def test_native_layout_is_a_permutation_of_the_pixelshuffle_output(upscale):
+    """The aux decoders' native layout holds the same logits as PixelShuffle's image, in another
+    order, and to_native maps a full-resolution map into exactly that order."""
+    torch.manual_seed(0)
+    bank = DecoderBank(6, 3, upscale, 2, "pixelshuffle")
+    x = torch.randn(2, 12, 3, 5)
+    image, native = bank(x), bank(x, native=True)
+    assert native.shape == (2, 2, 3, upscale**2, 3, 5)
+    torch.testing.assert_close(bank.to_image(native), image)
+    torch.testing.assert_close(bank.to_native(image), native)
+    # a per-pixel reduction gives the same value in both layouts
+    torch.testing.assert_close(native.softmax(2).square().mean(), image.softmax(2).square().mean())

@@ -24,6 +24,7 @@ such a config once, and the other run is an alias of it (see :func:`canonical_ru
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +32,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-PERTURBATIONS = (
-    "vat",
-    "dropout",
-    "cutout",
-    "context_masking",
-    "object_masking",
-    "feature_drop",
-    "feature_noise",
-)
-# Auxiliary decoders per perturbation in the paper and the official configs/config.json (2/6/6/2/2/6/6).
-PAPER_AUX = {"vat": 2, "dropout": 6, "cutout": 6, "context_masking": 2, "object_masking": 2, "feature_drop": 6, "feature_noise": 6}
+from cct.config import PERTURBATIONS, AuxConfig
+
+PAPER_AUX = dataclasses.asdict(AuxConfig())
 
 # Settings implemented here; weak_labels and multi_domain come with their own issues (add an
 # expander to SETTING_METHODS, a schema entry and a table/plot kind).
@@ -216,9 +209,19 @@ def splits_needed(runs: Iterable[Run]) -> list[tuple[str, int, int]]:
 # cct configs
 
 
+def dataset_cct(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """``cct`` merged with ``datasets.<dataset>.cct``; a real dataset (not ``embedded``) whose
+    ``data.root`` is unset takes the top-level ``data_root`` (``--config data_root=/path``)."""
+    tree = deep_merge(config.get("cct"), config["datasets"][dataset].get("cct"))
+    data = tree.get("data") or {}
+    if config.get("data_root") is not None and data.get("dataset", "embedded") != "embedded" and data.get("root") is None:
+        tree = deep_merge(tree, {"data": {"root": str(config["data_root"])}})
+    return tree
+
+
 def base_cct(config: Mapping[str, Any], dataset: str, setting: str) -> dict[str, Any]:
     """The cct overrides shared by every run of (dataset, setting), before method and grid point."""
-    return deep_merge(config.get("cct"), config["datasets"][dataset].get("cct"), config["settings"][setting].get("cct"))
+    return deep_merge(dataset_cct(config, dataset), config["settings"][setting].get("cct"))
 
 
 def aux_counts(base: Mapping[str, Any]) -> dict[str, int]:
@@ -304,7 +307,7 @@ def canonical_run(config: Mapping[str, Any], run: Run) -> Run:
 
 def split_config(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """The cct config ``cct splits`` reads for a dataset: its data section without training-only keys."""
-    data = deep_merge(config.get("cct"), config["datasets"][dataset].get("cct")).get("data", {})
+    data = dataset_cct(config, dataset).get("data", {})
     return {"data": {k: v for k, v in data.items() if k not in TRAINING_ONLY_DATA_KEYS}}
 
 
@@ -362,6 +365,12 @@ def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] 
         where = f"cct config of {run.path} (from cct, datasets.{run.dataset}.cct, settings.{run.setting}.cct)"
         try:
             tree = run_config(config, run, "labeled.txt", "unlabeled.txt")
+            data = tree.get("data") or {}
+            if data.get("dataset", "embedded") != "embedded" and data.get("root") is None:
+                raise GridError(
+                    f"data.root is not set for the {data['dataset']!r} dataset: run with --config data_root=/path/to/it "
+                    f"or set datasets.{run.dataset}.cct.data.root"
+                )
             if validate_cct is not None:
                 validate_cct(tree)
         except ValueError as exc:

@@ -116,7 +116,7 @@ def cmd_splits(args: argparse.Namespace) -> int:
     else:
         n = args.n_labeled if args.n_labeled is not None else config.data.n_labeled
         seed = args.split_seed if args.split_seed is not None else config.data.split_seed
-        labeled, unlabeled = make_split(source.ids, n, seed, source.image_labels)
+        labeled, unlabeled = make_split(source.ids, n, seed, source.image_labels, source.labeled_first)
     write_split(args.out, labeled, unlabeled)
     print(f"{len(labeled)} labelled, {len(unlabeled)} unlabelled -> {args.out}")
     return 0

@@ -72,7 +72,9 @@ def resolve_split(config: RunConfig, source: Source) -> tuple[list[int], list[in
         unlabeled = read_list(data.unlabeled_list, "data.unlabeled_list")
         validate_split(labeled, unlabeled, source.ids, f"{data.labeled_list} / {data.unlabeled_list}")
     else:
-        labeled, unlabeled = make_split(source.ids, data.n_labeled, data.split_seed, source.image_labels)
+        labeled, unlabeled = make_split(
+            source.ids, data.n_labeled, data.split_seed, source.image_labels, source.labeled_first
+        )
     return source.subset(labeled, "data.labeled_list"), source.subset(unlabeled, "data.unlabeled_list")
 
 

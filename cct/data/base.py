@@ -4,7 +4,10 @@ split of one dataset, in the common form ``uint8 (H, W, 3)`` image and ``int64 (
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -14,7 +17,13 @@ from cct.config import ConfigError, DataConfig
 
 @dataclass
 class Source:
-    """One split of a dataset. ``load(i)`` -> (image uint8 (H, W, 3), mask int64 (H, W))."""
+    """One split of a dataset. ``load(i)`` -> (image uint8 (H, W, 3), mask int64 (H, W)).
+
+    Images live either in memory (``arrays``) or on disk (``files``: one (image path, mask path)
+    pair per id, read lazily with PIL). A file-backed mask holds the dataset's raw label values;
+    ``label_map`` (int64, indexed by raw value) turns them into class indices or 255, and -1 marks
+    a raw value the dataset does not define. Without ``label_map`` the raw values are the classes.
+    """
 
     name: str
     ids: list[str]
@@ -23,6 +32,11 @@ class Source:
     arrays: tuple[np.ndarray, np.ndarray] | None = None  # in-memory images (N, H, W, 3), masks (N, H, W)
     image_labels: np.ndarray | None = None  # bool (N, K-1) classes present (foreground), if known
     palette: np.ndarray = field(default_factory=lambda: default_palette(256))
+    files: list[tuple[str, str]] | None = None  # on-disk (image, mask) paths, one pair per id
+    label_map: np.ndarray | None = None  # raw mask value -> class index / 255 (-1: undefined value)
+    # ids the dataset's protocol labels first: a drawn labelled set takes them before any other
+    # image (VOC: the 1,464-image `train` list inside the 10,582-image train_aug set)
+    labeled_first: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -32,6 +46,18 @@ class Source:
         return len(self.ids)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.files is not None:
+            image_path, mask_path = self.files[index]
+            image, mask = read_image(image_path), read_mask(mask_path)
+            if image.shape[:2] != mask.shape:
+                raise ConfigError(
+                    f"{self.name}: {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                    f"{image.shape[1]}x{image.shape[0]}"
+                )
+            if self.label_map is not None:
+                mask = apply_label_map(mask, self.label_map, f"{self.name}: {mask_path}")
+            check_mask(mask, self.num_classes, f"{self.name}: {mask_path}")
+            return image, mask
         images, masks = self.arrays
         mask = masks[index].astype(np.int64)
         check_mask(mask, self.num_classes, f"{self.name}: {self.ids[index]}")
@@ -69,24 +95,118 @@ def default_palette(n: int = 256) -> np.ndarray:
     return palette
 
 
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as uint8 (H, W, 3) RGB (greyscale and palette images are converted)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise ConfigError(f"image file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read image {path} ({exc})") from exc
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A label PNG as int64 (H, W) of its raw values: palette indices ('P'), grey levels ('L') or
+    16/32-bit integers ('I;16', 'I'). A colour (RGB) mask is refused: it holds no indices."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as mask:
+            if mask.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+                raise ConfigError(
+                    f"{path}: a {mask.mode} image is not a label mask (expected a palette or greyscale PNG of class values)"
+                )
+            return np.asarray(mask).astype(np.int64)
+    except FileNotFoundError:
+        raise ConfigError(f"mask file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read mask {path} ({exc})") from exc
+
+
+def label_map(mapping: dict[int, int], size: int = 256) -> np.ndarray:
+    """A lookup table raw value -> class for ``Source.label_map``; values not in ``mapping`` are -1."""
+    table = np.full(size, -1, dtype=np.int64)
+    for raw, cls in mapping.items():
+        table[raw] = cls
+    return table
+
+
+def apply_label_map(mask: np.ndarray, table: np.ndarray, where: str) -> np.ndarray:
+    """Map raw mask values through ``table``; an undefined raw value raises ConfigError naming it."""
+    if mask.size and (mask.min() < 0 or mask.max() >= len(table)):
+        value = int(mask.min() if mask.min() < 0 else mask.max())
+        raise ConfigError(f"{where}: raw label value {value} is not defined for this dataset")
+    mapped = table[mask]
+    if (mapped < 0).any():
+        raise ConfigError(f"{where}: raw label value {int(mask[mapped < 0][0])} is not defined for this dataset")
+    return mapped
+
+
+def require(path: Path, what: str, key: str = "data.root") -> Path:
+    """``path`` must exist; else ConfigError "data.root: PATH not found (WHAT)"."""
+    if not path.exists():
+        raise ConfigError(f"{key}: {path} not found ({what})")
+    return path
+
+
+def dataset_root(config: DataConfig, what: str) -> Path:
+    """The configured ``data.root`` as a Path; ConfigError when it is unset or does not exist."""
+    if config.root is None:
+        raise ConfigError(f"data.root: not set; data.dataset {config.dataset!r} reads its files from disk: give {what}")
+    return require(Path(config.root).expanduser(), what)
+
+
+def background_classes(config: DataConfig, default: list[int], class_names: tuple[str, ...]) -> list[int]:
+    """``data.background_classes`` (validated against the dataset) or the dataset's default."""
+    background = list(default) if config.background_classes is None else list(config.background_classes)
+    bad = [c for c in background if not 0 <= c < len(class_names)]
+    if bad:
+        raise ConfigError(f"data.background_classes: {bad} not in 0..{len(class_names) - 1} ({config.dataset})")
+    return background
+
+
+def _load_embedded(config: DataConfig, split: str) -> Source:
+    from cct.data import embedded
+
+    if config.domain not in embedded.DOMAINS:
+        raise ConfigError(f"data.domain: {config.domain!r} is not one of {sorted(embedded.DOMAINS)}")
+    data = embedded.generate(split, config.domain)
+    return Source(
+        name=f"embedded-{config.domain}/{split}",
+        ids=list(data.ids),
+        class_names=data.class_names,
+        background_classes=background_classes(config, [0], data.class_names),
+        arrays=(data.images, data.masks),
+        image_labels=data.image_labels(),
+    )
+
+
+def _lazy(module: str) -> Callable[[DataConfig, str], Source]:
+    """``module.load_source``, imported on first use (the dataset modules import this one)."""
+
+    def load(config: DataConfig, split: str) -> Source:
+        return importlib.import_module(module).load_source(config, split)
+
+    load.__qualname__ = load.__name__ = f"{module}.load_source"
+    return load
+
+
+# data.dataset -> loader(config, split) -> Source
+LOADERS: dict[str, Callable[[DataConfig, str], Source]] = {
+    "embedded": _load_embedded,
+    "voc": _lazy("cct.data.voc"),
+    "cityscapes": _lazy("cct.data.cityscapes"),
+    "camvid": _lazy("cct.data.camvid"),
+    "sunrgbd": _lazy("cct.data.sunrgbd"),
+}
+
+
 def load_source(config: DataConfig, split: str) -> Source:
     """The ``split`` ("train" or "val") of the dataset named in ``config``."""
-    if config.dataset == "embedded":
-        from cct.data import embedded
-
-        if config.domain not in embedded.DOMAINS:
-            raise ConfigError(f"data.domain: {config.domain!r} is not one of {sorted(embedded.DOMAINS)}")
-        data = embedded.generate(split, config.domain)
-        background = [0] if config.background_classes is None else config.background_classes
-        bad = [c for c in background if not 0 <= c < len(data.class_names)]
-        if bad:
-            raise ConfigError(f"data.background_classes: {bad} not in 0..{len(data.class_names) - 1} ({config.dataset})")
-        return Source(
-            name=f"embedded-{config.domain}/{split}",
-            ids=list(data.ids),
-            class_names=data.class_names,
-            background_classes=background,
-            arrays=(data.images, data.masks),
-            image_labels=data.image_labels(),
-        )
-    raise ConfigError(f"data.dataset: {config.dataset!r} has no loader in this version (available: embedded)")
+    loader = LOADERS.get(config.dataset)
+    if loader is None:
+        raise ConfigError(f"data.dataset: {config.dataset!r} has no loader (available: {', '.join(LOADERS)})")
+    return loader(config, split)

@@ -197,7 +197,7 @@ def render_scene(rng: np.random.Generator, domain: str, size: int = IMAGE_SIZE) 
     textures = DOMAINS[domain]
     img = _background(rng, domain, size)
     mask = np.zeros((size, size), dtype=np.uint8)
-    n_objects = int(rng.choice([1, 2, 2, 3]))
+    n_objects = int(rng.choice([2, 3, 3, 4]))
     for _ in range(n_objects):
         cls = int(rng.integers(len(textures)))
         r = rng.uniform(0.15, 0.27) * size

@@ -4,7 +4,9 @@ One seeded ordering of the training images is drawn; the labelled set for N labe
 images, so the set for a smaller N is always a subset of the set for a larger N (as in the paper's
 VOC splits), and points on a label-count curve differ only by the added labels. Where image-level
 labels exist, the ordering is class-balanced: it repeatedly takes the next image (in a seeded
-shuffle) that contains the class least represented so far.
+shuffle) that contains the class least represented so far. A dataset may name images to label
+first (``Source.labeled_first``): they head the ordering, so the VOC set of 1,464 labels is the
+VOC 2012 ``train`` list and the smaller sets are nested inside it.
 """
 
 from __future__ import annotations
@@ -47,11 +49,32 @@ def nested_order(n_images: int, seed: int, image_labels: np.ndarray | None = Non
     return order
 
 
-def make_split(ids: list[str], n_labeled: int, seed: int, image_labels: np.ndarray | None = None) -> tuple[list[str], list[str]]:
-    """(labelled ids, unlabelled ids), both in the dataset's order."""
+def prioritised_order(n_images: int, seed: int, image_labels: np.ndarray | None, first: list[int]) -> list[int]:
+    """:func:`nested_order` of the images in ``first``, then that of the others: labelled sets of
+    up to ``len(first)`` images are drawn from ``first`` only, and the set of exactly that size is it."""
+    chosen = np.zeros(n_images, dtype=bool)
+    chosen[first] = True
+    order = []
+    for pool in (np.flatnonzero(chosen), np.flatnonzero(~chosen)):
+        labels = None if image_labels is None else image_labels[pool]
+        order += [int(pool[i]) for i in nested_order(len(pool), seed, labels)]
+    return order
+
+
+def make_split(ids: list[str], n_labeled: int, seed: int, image_labels: np.ndarray | None = None,
+               labeled_first: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(labelled ids, unlabelled ids), both in the dataset's order. ``labeled_first`` (a dataset's
+    ``Source.labeled_first``) are the ids a labelled set takes before any other."""
     if not 0 < n_labeled <= len(ids):
         raise ConfigError(f"data.n_labeled: {n_labeled} is not in [1, {len(ids)}] (training images available)")
-    order = nested_order(len(ids), seed, image_labels)
+    if labeled_first:
+        position = {name: i for i, name in enumerate(ids)}
+        unknown = [name for name in labeled_first if name not in position]
+        if unknown:
+            raise ConfigError(f"{len(unknown)} id(s) to label first are not training images, e.g. {unknown[0]!r}")
+        order = prioritised_order(len(ids), seed, image_labels, sorted({position[name] for name in labeled_first}))
+    else:
+        order = nested_order(len(ids), seed, image_labels)
     chosen = np.zeros(len(ids), dtype=bool)
     chosen[order[:n_labeled]] = True
     return [i for i, c in zip(ids, chosen) if c], [i for i, c in zip(ids, chosen) if not c]

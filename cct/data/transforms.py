@@ -22,16 +22,32 @@ def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[tv_tensors.Image, t
     )
 
 
+class RandomLongSideResize(v2.Transform):
+    """Resize so that the long side is a uniform random integer in [lo, hi] (the official protocol:
+    long side in [0.5, 2.0] x base_size); masks are resized with nearest neighbours by v2."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"size": int(torch.randint(self.lo, self.hi + 1, ()).item())}
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(v2.functional.resize, inpt, size=None, max_size=params["size"], antialias=True)
+
+
 def normalize() -> v2.Compose:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
 
 def train_transform(config: DataConfig, image_size: int) -> v2.Compose:
-    """Random scale of the short side in ``scale_range`` x base size, crop ``crop_size``, flip."""
+    """Random scale of the long side in ``scale_range`` x base size (base: ``data.base_size``, or
+    the image size), crop ``crop_size`` (padding: 0 in the image, 255 in the mask), flip."""
     base = config.base_size or image_size
     lo, hi = config.scale_range
     steps = [
-        v2.RandomResize(int(base * lo), int(base * hi) + 1, antialias=True),
+        RandomLongSideResize(int(base * lo), int(base * hi)),
         v2.RandomCrop(config.crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
     ]
     if config.flip:

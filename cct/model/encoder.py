@@ -132,11 +132,30 @@ class SmallEncoder(nn.Module):
         return self.psp(self.backbone(x))
 
 
+def load_encoder_checkpoint(encoder: nn.Module, path: str) -> None:
+    """Initialise ``encoder`` from a ``cct train`` checkpoint (its ``encoder.*`` weights): how the
+    embedded benchmark stands in for ImageNet pretraining (an encoder trained on the other domain)."""
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"model.pretrained: checkpoint not found: {path}; for the small encoder give the checkpoint.pt of a "
+            "`cct train` run with the same model.width and model.output_stride"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = {k[len("encoder.") :]: v for k, v in state.get("model", state).items() if k.startswith("encoder.")}
+    try:
+        encoder.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.pretrained: {path} does not fit this encoder ({str(exc).splitlines()[0]})") from exc
+
+
 def build_encoder(name: str, pretrained: bool | str, output_stride: int, width: int, psp: bool) -> nn.Module:
     if name == "small":
+        if pretrained is True:
+            raise ConfigError("model.pretrained: the small encoder has no ImageNet weights; give a cct checkpoint path or false")
+        encoder = SmallEncoder(width, output_stride, psp)
         if pretrained:
-            raise ConfigError("model.pretrained: the small encoder has no pretrained weights; set it to false")
-        return SmallEncoder(width, output_stride, psp)
+            load_encoder_checkpoint(encoder, pretrained)
+        return encoder
     if not psp:
         raise ConfigError(f"model.psp: the {name} encoder always uses the PSP module (the paper's)")
     return ResNetEncoder(name, pretrained, output_stride)

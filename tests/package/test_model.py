@@ -324,3 +324,25 @@ def test_native_layout_is_a_permutation_of_the_pixelshuffle_output(upscale):
     torch.testing.assert_close(bank.to_native(image), native)
     # a per-pixel reduction gives the same value in both layouts
     torch.testing.assert_close(native.softmax(2).square().mean(), image.softmax(2).square().mean())
+
+
+def test_small_encoder_loads_the_encoder_of_a_cct_checkpoint(tmp_path):
+    """model.pretrained=<checkpoint.pt> initialises the small encoder from a cct run (the embedded
+    stand-in for ImageNet pretraining); a missing file or another width fails at the door."""
+    from cct.config import ConfigError, from_dict
+    from cct.model.encoder import build_encoder
+
+    torch.manual_seed(0)
+    cfg = from_dict(None, ["model.width=8"])
+    source_model = CCT(cfg.model, {"main": 9}, {"main": [0]})
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": source_model.state_dict()}, path)
+    encoder = build_encoder("small", str(path), cfg.model.output_stride, 8, True)
+    for name, value in encoder.state_dict().items():
+        torch.testing.assert_close(value, source_model.encoder.state_dict()[name])
+    with pytest.raises(ConfigError, match="model.pretrained: checkpoint not found"):
+        build_encoder("small", str(tmp_path / "missing.pt"), 4, 8, True)
+    with pytest.raises(ConfigError, match="does not fit this encoder"):
+        build_encoder("small", str(path), 4, 16, True)
+    with pytest.raises(ConfigError, match="no ImageNet weights"):
+        build_encoder("small", True, 4, 8, True)

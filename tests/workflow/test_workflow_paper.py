@@ -1,0 +1,139 @@
+"""The paper protocol configs (config/paper/*.yaml) on a generated VOC-layout tree: `snakemake -n` with
+`--config data_root=...` lists the paper's grid, every run's cct config is the paper's and reads the
+given root, and a missing root or a placeholder protocol stops the workflow before any job.
+Each snakemake call is a dry run (a few seconds; the limit below is 30 s)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+
+import pytest
+import yaml
+from snakemake.utils import validate
+from workflow_helpers import ROOT, snakemake, write_config
+
+from analysis import grid
+
+PAPER = ROOT / "config" / "paper"
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+VOC_COUNTS = [60, 100, 200, 300, 500, 800, 1000, 1464]
+DRY_RUN_LIMIT_S = 30
+
+
+def _layouts():
+    spec = importlib.util.spec_from_file_location("cct_test_layouts", ROOT / "tests" / "package" / "layouts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((PAPER / name).read_text())
+
+
+def merged(*configs: dict) -> dict:
+    """config/config.yaml extended by the given configs, as `--configfile` / `--config` do, validated."""
+    config = grid.deep_merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), *configs)
+    validate(config, SCHEMA)
+    return config
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    table = stdout[stdout.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc_data")
+    _layouts().voc_tree(root)
+    return root
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A working directory holding the default config/config.yaml, which --configfile extends."""
+    write_config(tmp_path, yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    return tmp_path
+
+
+def test_voc_dry_run_lists_the_paper_grid(workdir, voc_root):
+    proc = snakemake(workdir, "-n", "--configfile", str(PAPER / "voc.yaml"), "--config", f"data_root={voc_root}",
+                     timeout=DRY_RUN_LIMIT_S)
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == len(VOC_COUNTS) * 2 == 16 and "alias" not in counts
+    assert counts["splits"] == len(VOC_COUNTS)
+    trained = re.findall(r"rule train:\n.*?wildcards: ([^\n]*)", proc.stdout, re.S)
+    assert len(trained) == 16 and all("dataset=voc, setting=label_fraction" in w for w in trained)
+    assert {int(re.search(r"labels=(\d+)", w).group(1)) for w in trained} == set(VOC_COUNTS)
+    assert "embedded" not in proc.stdout and "results/paper/voc/tables/label_fraction.csv" in proc.stdout
+
+
+def test_voc_run_configs_are_the_papers_and_read_the_given_root(voc_root):
+    from cct.config import from_dict
+
+    config = merged(load("voc.yaml"), {"data_root": str(voc_root)})
+    runs = grid.check_config(config, from_dict)
+    assert sorted({r.labels for r in runs}) == VOC_COUNTS and {r.dataset for r in runs} == {"voc"}
+    run = next(r for r in runs if r.method == "cct" and r.labels == 1464)
+    cfg = from_dict(grid.workflow_run_config(config, run))
+    assert cfg.data.dataset == "voc" and cfg.data.root == str(voc_root)
+    assert grid.split_config(config, "voc")["data"] == {"dataset": "voc", "root": str(voc_root)}
+    assert (cfg.model.encoder, cfg.model.pretrained, cfg.model.output_stride, cfg.model.psp, cfg.model.decoder) == (
+        "resnet50", True, 8, True, "pixelshuffle")
+    assert (cfg.data.crop_size, cfg.data.base_size, cfg.data.scale_range) == (320, 400, (0.5, 2.0))
+    assert (cfg.train.batch_size_labeled, cfg.train.batch_size_unlabeled) == (10, 10)
+    assert (cfg.optim.lr, cfg.optim.encoder_lr_factor, cfg.optim.weight_decay, cfg.optim.momentum,
+            cfg.optim.poly_power) == (0.01, 0.1, 1e-4, 0.9, 0.9)
+    assert (cfg.loss.unsupervised_w, cfg.loss.rampup, cfg.loss.consistency) == (30.0, 0.1, "mse")
+    assert vars(cfg.model.aux) == dict(vat=2, dropout=6, cutout=6, context_masking=2, object_masking=2,
+                                       feature_drop=6, feature_noise=6)
+    assert cfg.train.iterations == 50 * 912 and cfg.train.eval_interval == 5 * 912
+    assert config["resources"]["train"]["gpu"] == 1
+    # an explicit datasets.voc.cct.data.root wins over data_root
+    explicit = merged(load("voc.yaml"), {"data_root": "/elsewhere", "datasets": {"voc": {"cct": {"data": {"root": "/mine"}}}}})
+    assert grid.workflow_run_config(explicit, run)["data"]["root"] == "/mine"
+
+
+def test_voc_without_a_data_root_stops_before_any_job(workdir):
+    proc = snakemake(workdir, "-n", "--configfile", str(PAPER / "voc.yaml"), timeout=DRY_RUN_LIMIT_S)
+    assert proc.returncode != 0
+    assert "data.root is not set for the 'voc' dataset: run with --config data_root=" in proc.stdout + proc.stderr
+
+
+def test_ablation_dry_run(workdir, voc_root):
+    proc = snakemake(workdir, "-n", "--configfile", str(PAPER / "ablation.yaml"), "--config", f"data_root={voc_root}",
+                     timeout=DRY_RUN_LIMIT_S)
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == 9 * 3 and counts["splits"] == 1 and "alias" not in counts
+    trained = re.findall(r"rule train:\n.*?wildcards: ([^\n]*)", proc.stdout, re.S)
+    assert all("dataset=voc, setting=perturbation_ablation" in w and "labels=1464" in w for w in trained)
+
+
+def test_ablation_uses_the_voc_protocol():
+    voc, ablation = load("voc.yaml"), load("ablation.yaml")
+    assert ablation["cct"] == voc["cct"] and ablation["resources"] == voc["resources"]
+    assert ablation["datasets"]["voc"]["cct"] == voc["datasets"]["voc"]["cct"]
+    assert ablation["settings"]["perturbation_ablation"]["label_count"] == 1464
+    config = merged(ablation, {"data_root": "/data"})
+    runs = grid.check_config(config)
+    one = grid.workflow_run_config(config, next(r for r in runs if r.method == "cutout"))
+    assert one["model"]["aux"] == dict(vat=0, dropout=0, cutout=6, context_masking=0, object_masking=0,
+                                       feature_drop=0, feature_noise=0)
+
+
+@pytest.mark.parametrize("name", ["weak.yaml", "multidomain.yaml"])
+def test_placeholder_protocols_stop_at_the_config_check(workdir, name):
+    proc = snakemake(workdir, "-n", "--configfile", str(PAPER / name), timeout=DRY_RUN_LIMIT_S)
+    assert proc.returncode != 0 and "not_yet_implemented" in proc.stdout + proc.stderr
+
+
+def test_data_root_leaves_the_embedded_dataset_alone():
+    config = merged({"data_root": "/data"})
+    run = grid.check_config(config)[0]
+    assert "root" not in grid.workflow_run_config(config, run)["data"]
+    assert copy.deepcopy(config)["data_root"] == "/data"

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cct.data.base import default_palette
+
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -24,16 +26,8 @@ VOC_CLASSES = (
 
 
 def voc_palette() -> list[int]:
-    palette = []
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
+    """The VOC colour map as a flat PIL palette (the indices are what the loaders read)."""
+    return default_palette(256).flatten().tolist()
 
 
 def scene(rng: np.random.Generator, size: tuple[int, int], values: list[int], fill: int,

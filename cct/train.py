@@ -217,18 +217,19 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
                     if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)
                         terms["loss_pairwise"] = losses.pairwise_loss(aux)
                         loss = loss + w_u * lc.pairwise_w * terms["loss_pairwise"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {i}; lower optim.lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
+            # summed on the device and read every 10 iterations: no host sync in the other steps
             for k, v in terms.items():
-                running[k] = running.get(k, 0.0) + float(v.detach())
+                running[k] = running.get(k, 0.0) + v.detach()
             running["n"] = running.get("n", 0) + 1
             step = i + 1
             if step % 10 == 0 or step == total:
-                means = {k: v / running["n"] for k, v in running.items() if k != "n"}
+                means = {k: float(v) / running["n"] for k, v in running.items() if k != "n"}
+                if not all(np.isfinite(list(means.values()))):
+                    raise FloatingPointError(f"loss became {means} before iteration {step}; lower optim.lr")
                 for k, v in means.items():
                     writer.add_scalar(f"train/{k}", v, step)
                 writer.add_scalar("train/lr", optimizer.param_groups[1]["lr"], step)

@@ -1,14 +1,17 @@
 """The paper protocol configs (config/paper/*.yaml) on a generated VOC-layout tree: `snakemake -n` with
 `--config data_root=...` lists the paper's grid, every run's cct config is the paper's and reads the
 given root, and a missing root or a placeholder protocol stops the workflow before any job.
-Each snakemake call is a dry run (a few seconds; the limit below is 30 s)."""
+Each snakemake call is a dry run (a few seconds; the limit below is 30 s), except the slow end-to-end
+test, which runs the paper grid for real at a toy size and checks the paper column of its table."""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
 import re
+import time
 
+import pandas as pd
 import pytest
 import yaml
 from snakemake.utils import validate
@@ -137,3 +140,54 @@ def test_data_root_leaves_the_embedded_dataset_alone():
     run = grid.check_config(config)[0]
     assert "root" not in grid.workflow_run_config(config, run)["data"]
     assert copy.deepcopy(config)["data_root"] == "/data"
+
+
+# The override file of the end-to-end run (a second --configfile after config/paper/voc.yaml): the
+# paper's model (ResNet-50 OS 8 + PSP, pixelshuffle, 30 auxiliary decoders) with random weights, for 2
+# iterations at crop 64, batch 2 + 2, on CPU, at label counts 20 and 1464 (the tree's train list).
+E2E_COUNTS = [20, 1464]
+E2E_OVERRIDES = {
+    "results": "results/paper-e2e",
+    "cct": {
+        "model": {"pretrained": False},
+        "train": {"iterations": 2, "eval_interval": 2, "checkpoint_interval": 2, "batch_size_labeled": 2,
+                  "batch_size_unlabeled": 2, "device": "cpu", "progress": False},
+    },
+    "datasets": {"voc": {"cct": {"data": {"crop_size": 64, "num_workers": 0}}, "label_counts": E2E_COUNTS}},
+    "resources": {"train": {"threads": 1, "mem_mb": 4000, "runtime": 30, "gpu": 0}},
+}
+E2E_LIMIT_S = 300
+
+
+@pytest.mark.slow
+def test_voc_paper_grid_end_to_end_fills_the_paper_column(workdir, tmp_path):
+    """The paper grid run for real on a VOC tree whose train list holds 1,464 images (32 x 48 px), 16
+    SBD-only images and 4 val images: the 1464-label split is the train list, and the label_fraction
+    table carries the paper's 69.4 on the CCT row at 1464 labels (the match is by dataset, setting,
+    method, label count and encoder, analysis/tables.py), nowhere else."""
+    tree = _layouts().voc_tree(tmp_path / "voc", train=1464, extra=16, val=4)
+    overrides = write_config(workdir, E2E_OVERRIDES, "overrides.yaml")
+    start = time.monotonic()
+    proc = snakemake(workdir, "--cores", "2", "--configfile", str(PAPER / "voc.yaml"), str(overrides),
+                     "--config", f"data_root={tmp_path / 'voc'}", timeout=E2E_LIMIT_S)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = workdir / "results" / "paper-e2e"
+    # the 1464-label split is the VOC 2012 train list, the rest of train_aug unlabelled
+    split = results / "splits" / "voc" / "1464" / "split0"
+    assert sorted((split / "labeled.txt").read_text().split()) == sorted(tree["train"])
+    assert sorted((split / "unlabeled.txt").read_text().split()) == sorted(tree["extra"])
+    assert set((results / "splits" / "voc" / "20" / "split0" / "labeled.txt").read_text().split()) <= set(tree["train"])
+
+    runs = pd.read_csv(results / "tables" / "runs.csv")
+    assert len(runs) == 4 and set(runs["labels"]) == set(E2E_COUNTS) and (runs["encoder"] == "resnet50").all()
+    table = pd.read_csv(results / "tables" / "label_fraction.csv")
+    assert list(zip(table["labels"], table["method"])) == [(20, "supervised"), (20, "cct"),
+                                                          (1464, "supervised"), (1464, "cct")]
+    paper = table.set_index(["labels", "method"])["paper_miou"]
+    assert paper[(1464, "cct")] == pytest.approx(69.4)
+    assert paper.drop((1464, "cct")).isna().all()  # the supervised 66 is a recollection, not the paper's
+    assert "Table 1" in table.set_index(["labels", "method"]).loc[(1464, "cct"), "paper_source"]
+    md = (results / "tables" / "label_fraction.md").read_text()
+    assert any("1464" in line and "CCT" in line and "69.4" in line for line in md.splitlines())
+    print(f"paper grid end to end: {elapsed:.0f} s")

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cct.data.base import Source
+from cct.data.transforms import to_tensors
 
 _STREAMS = {"labeled": 1, "unlabeled": 2}
 
@@ -31,8 +32,6 @@ class AugmentedDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        from cct.data.transforms import to_tensors
-
         index, seed = key
         image, mask = to_tensors(*self.source.load(index))
         with torch.random.fork_rng(devices=[]):

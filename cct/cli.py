@@ -31,9 +31,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_checkpoint(path: str):
+    """(model in eval mode, its RunConfig) from a ``cct train`` checkpoint; ConfigError if it is not one."""
     import torch
 
-    from cct.data.base import load_source
     from cct.model.cct import CCT
 
     if not Path(path).is_file():
@@ -46,7 +46,7 @@ def _load_checkpoint(path: str):
         model.load_state_dict(state["model"])
     except Exception as exc:  # torch.load raises many types (UnpicklingError, IndexError, ...) on foreign files
         raise ConfigError(f"--checkpoint: {path} is not a cct checkpoint ({str(exc).splitlines()[0]})") from exc
-    return model.eval(), config, state, load_source
+    return model.eval(), config
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -55,7 +55,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cct.evaluate import PROTOCOL, evaluate
     from cct.io import atomic_write_json
 
-    model, config, _, load_source = _load_checkpoint(args.checkpoint)
+    from cct.data.base import load_source
+
+    model, config = _load_checkpoint(args.checkpoint)
     if args.config or args.overrides:
         data = load_config(args.config, args.overrides).data if args.config else from_dict(
             config.to_dict(), args.overrides).data
@@ -78,7 +80,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cct.data.transforms import normalize, to_tensors
     from cct.evaluate import predict_image
 
-    model, _, _, _ = _load_checkpoint(args.checkpoint)
+    model, _ = _load_checkpoint(args.checkpoint)
     images = Path(args.images)
     if not images.is_dir():
         raise ConfigError(f"--images: not a directory: {images}")

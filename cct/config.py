@@ -214,13 +214,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         # bool before int/float: YAML `true` must stay a bool in `bool | str`
         for option in sorted(args, key=lambda a: a is not bool):
             try:
                 return _coerce(key, value, option)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: {value!r} does not match {_type_name(annotation)}")
     if annotation is type(None):
         if value is None:

@@ -166,7 +166,8 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
 
     total = tc.iterations
     pin = device.type == "cuda"
-    transform = train_transform(config.data, train_source.load(0)[0].shape[0])
+    # without data.base_size the random rescale is relative to the images' long side
+    transform = train_transform(config.data, max(train_source.load(0)[0].shape[:2]))
     lab = iter(batch_stream(train_source, labeled, transform, tc.batch_size_labeled, tc.seed, "labeled", start, total,
                             config.data.num_workers, pin))
     unl = iter(batch_stream(train_source, unlabeled, transform, tc.batch_size_unlabeled, tc.seed, "unlabeled", start,
@@ -184,7 +185,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
 
     model.train()
     t0 = time.perf_counter()
-    running: dict[str, float] = {}
+    running: dict[str, torch.Tensor | int] = {}
     result = None
     bar = tqdm(range(start, total), initial=start, total=total, disable=not tc.progress, mininterval=2.0,
                desc=f"{tc.mode} seed {tc.seed}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 TEXTURES_A = ("solid", "hstripes", "vstripes", "checker", "dots", "grid", "rings", "crosshatch")
 TEXTURES_B = ("hstripes", "vstripes", "checker", "dots", "zigzag", "bricks", "speckle", "diamonds")
@@ -60,67 +60,25 @@ def class_names(domain: str) -> tuple[str, ...]:
     return ("background",) + DOMAINS[domain]
 
 
-def _polygon(n: int, radius: float, angle: float, star: bool = False) -> np.ndarray:
-    k = 2 * n if star else n
-    t = angle + np.arange(k) * 2 * math.pi / k
-    r = np.full(k, radius)
-    if star:
-        r[1::2] = radius * 0.45
-    return np.stack([np.cos(t) * r, np.sin(t) * r], axis=1)
+def _polygon(n: int, radius: float, angle: float) -> np.ndarray:
+    """Vertices (n, 2) of a regular n-gon of circumradius ``radius``, rotated by ``angle``."""
+    t = angle + np.arange(n) * 2 * math.pi / n
+    return np.stack([np.cos(t) * radius, np.sin(t) * radius], axis=1)
 
 
-def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return points @ np.array([[c, s], [-s, c]])
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, fill: int) -> None:
-    """Rasterise one shape of circumradius ``r`` px centred on (cx, cy) into a mode 'L' image."""
-
-    def poly(points: np.ndarray) -> None:
-        draw.polygon([(cx + x, cy + y) for x, y in points], fill=fill)
-
-    def ellipse(x: float, y: float, rad: float, value: int) -> None:
-        draw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=value)
-
+def _draw_outline(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float) -> None:
+    """Fill one of OUTLINES (circumradius ``r`` px, centred on (cx, cy)) with 255 in a mode 'L' image."""
     if shape == "disk":
-        ellipse(cx, cy, r, fill)
-    elif shape == "ring":
-        ellipse(cx, cy, r, fill)
-        ellipse(cx, cy, r * 0.55, 0)
-    elif shape == "ellipse":
-        poly(_rotate(np.stack([np.cos(t := np.linspace(0, 2 * math.pi, 32, endpoint=False)) * r,
-                               np.sin(t) * r * 0.6], 1), angle))
-    elif shape == "crescent":
-        ellipse(cx, cy, r, fill)
-        ellipse(cx + math.cos(angle) * r * 0.5, cy + math.sin(angle) * r * 0.5, r * 0.8, 0)
-    elif shape == "square":
-        poly(_polygon(4, r, angle))
-    elif shape == "triangle":
-        poly(_polygon(3, r, angle))
-    elif shape == "hexagon":
-        poly(_polygon(6, r, angle))
-    elif shape == "pentagon":
-        poly(_polygon(5, r, angle))
-    elif shape == "star":
-        poly(_polygon(5, r, angle, star=True))
-    elif shape == "cross":
-        w = r * 0.33
-        arm = np.array([[-r, -w], [r, -w], [r, w], [-r, w]])
-        poly(_rotate(arm, angle))
-        poly(_rotate(arm[:, ::-1], angle))
-    elif shape == "bar":
-        poly(_rotate(np.array([[-r, -r * 0.28], [r, -r * 0.28], [r, r * 0.28], [-r, r * 0.28]]), angle))
-    elif shape == "arrow":
-        pts = np.array([[r, 0], [0, -r * 0.8], [0, -r * 0.3], [-r, -r * 0.3], [-r, r * 0.3], [0, r * 0.3], [0, r * 0.8]])
-        poly(_rotate(pts, angle))
-    elif shape == "heart":
-        t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
-        x = 16 * np.sin(t) ** 3
-        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
-        poly(_rotate(np.stack([x, y], 1) * (r / 17.0), angle * 0.3))
-    else:  # pragma: no cover - guarded by class_names
-        raise ValueError(shape)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        return
+    if shape == "ellipse":
+        t = np.linspace(0, 2 * math.pi, 32, endpoint=False)
+        c, s = math.cos(angle), math.sin(angle)
+        x, y = np.cos(t) * r, np.sin(t) * r * 0.6
+        points = np.stack([x * c - y * s, x * s + y * c], axis=1)
+    else:
+        points = _polygon({"triangle": 3, "square": 4, "hexagon": 6}[shape], r, angle)
+    draw.polygon([(cx + x, cy + y) for x, y in points], fill=255)
 
 
 def texture(name: str, size: int, period: float, phase: tuple[float, float], centre: tuple[float, float],
@@ -204,7 +162,7 @@ def render_scene(rng: np.random.Generator, domain: str, size: int = IMAGE_SIZE) 
         cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
         layer = Image.new("L", (size, size), 0)
         outline = OUTLINES[int(rng.integers(len(OUTLINES)))]
-        _draw_shape(ImageDraw.Draw(layer), outline, cx, cy, r, rng.uniform(0, 2 * math.pi), 255)
+        _draw_outline(ImageDraw.Draw(layer), outline, cx, cy, r, rng.uniform(0, 2 * math.pi))
         inside = np.asarray(layer) > 127
         if inside.sum() < 12:
             continue
@@ -214,21 +172,11 @@ def render_scene(rng: np.random.Generator, domain: str, size: int = IMAGE_SIZE) 
         fill = np.where(pattern[..., None], second, colour)
         fill = np.clip(fill + rng.normal(0, 0.02, (size, size, 3)), 0, 1)
         if domain == "b":  # a contrasting rim: the style of the second domain
-            eroded = np.asarray(layer.filter(_MIN_FILTER)) > 127
+            eroded = np.asarray(layer.filter(ImageFilter.MinFilter(3))) > 127
             fill = np.where((inside & ~eroded)[..., None], 1.0 - colour, fill)
         img = np.where(inside[..., None], fill, img)
         mask[inside] = cls + 1
     return (img * 255).round().astype(np.uint8), mask
-
-
-class _MinFilter:
-    def __new__(cls):
-        from PIL import ImageFilter
-
-        return ImageFilter.MinFilter(3)
-
-
-_MIN_FILTER = _MinFilter()
 
 
 @lru_cache(maxsize=8)

@@ -43,7 +43,8 @@ def normalize() -> v2.Compose:
 
 def train_transform(config: DataConfig, image_size: int) -> v2.Compose:
     """Random scale of the long side in ``scale_range`` x base size (base: ``data.base_size``, or
-    the image size), crop ``crop_size`` (padding: 0 in the image, 255 in the mask), flip."""
+    ``image_size``, the images' long side), crop ``crop_size`` (padding: 0 in the image, 255 in
+    the mask), flip."""
     base = config.base_size or image_size
     lo, hi = config.scale_range
     steps = [

@@ -89,7 +89,7 @@ class CCT(nn.Module):
         objects = None
         if any(k in ("cutout", "context_masking", "object_masking") for k in head.kinds):
             objects = self.objects_map(main_logits.detach(), z.shape[-2:], domain)
-        inputs = []
+        inputs, boxes = [], None
         for index, kind in enumerate(head.kinds):
             if kind == "vat":
                 inputs.append(
@@ -104,7 +104,9 @@ class CCT(nn.Module):
             elif kind == "dropout":
                 inputs.append(P.dropout(z, cfg.dropout_p))
             elif kind == "cutout":
-                inputs.append(P.guided_cutout(z, objects, cfg.cutout_erase))
+                if boxes is None:
+                    boxes = P.object_boxes(objects)
+                inputs.append(P.guided_cutout(z, objects, cfg.cutout_erase, boxes))
             elif kind == "context_masking":
                 inputs.append(P.context_masking(z, objects))
             elif kind == "object_masking":

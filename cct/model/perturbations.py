@@ -51,21 +51,30 @@ def object_masking(z: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     return z * (~objects).unsqueeze(1).to(z.dtype)
 
 
-def cutout_mask(objects: torch.Tensor, erase: float = 0.4) -> torch.Tensor:
+def object_boxes(objects: torch.Tensor) -> list[list[tuple[slice, slice]]]:
+    """Per sample, the bounding boxes (row slice, column slice) of the 8-connected components of
+    ``objects`` (B, h, w). Labelling is done by scipy on the CPU (torch has none); the maps are at
+    z's resolution, so this is cheap, and a model with several G-Cutout decoders does it once."""
+    structure = np.ones((3, 3), dtype=bool)
+    out = []
+    for plane in objects.cpu().numpy():
+        labelled, _ = ndimage.label(plane, structure=structure)
+        out.append([box for box in ndimage.find_objects(labelled) if box is not None])
+    return out
+
+
+def cutout_mask(
+    objects: torch.Tensor, erase: float = 0.4, boxes: list[list[tuple[slice, slice]]] | None = None
+) -> torch.Tensor:
     """Keep-mask (B, h, w) of G-Cutout: inside each predicted object's bounding box, zero a box whose
     sides are ``erase`` times the bounding box's, placed uniformly at random within it.
 
-    Objects are the 8-connected components of ``objects``. Connected-component labelling is done by
-    scipy on the CPU (torch has none); the maps are at z's resolution, so this is cheap.
+    Objects are the 8-connected components of ``objects``; ``boxes`` (from :func:`object_boxes`)
+    may be given to skip finding them again.
     """
     keep = torch.ones(objects.shape, dtype=torch.bool)
-    structure = np.ones((3, 3), dtype=bool)
-    for b, plane in enumerate(objects.cpu().numpy()):
-        labelled, _ = ndimage.label(plane, structure=structure)
-        for box in ndimage.find_objects(labelled):
-            if box is None:
-                continue
-            ys, xs = box
+    for b, sample_boxes in enumerate(object_boxes(objects) if boxes is None else boxes):
+        for ys, xs in sample_boxes:
             bh, bw = ys.stop - ys.start, xs.stop - xs.start
             eh, ew = max(1, round(bh * erase)), max(1, round(bw * erase))
             y0 = ys.start + int(torch.randint(0, bh - eh + 1, (1,)))
@@ -74,9 +83,11 @@ def cutout_mask(objects: torch.Tensor, erase: float = 0.4) -> torch.Tensor:
     return keep.to(objects.device)
 
 
-def guided_cutout(z: torch.Tensor, objects: torch.Tensor, erase: float = 0.4) -> torch.Tensor:
+def guided_cutout(
+    z: torch.Tensor, objects: torch.Tensor, erase: float = 0.4, boxes: list[list[tuple[slice, slice]]] | None = None
+) -> torch.Tensor:
     """G-Cutout: erase a random box covering ``erase`` of each predicted object's bounding-box sides."""
-    return z * cutout_mask(objects, erase).unsqueeze(1).to(z.dtype)
+    return z * cutout_mask(objects, erase, boxes).unsqueeze(1).to(z.dtype)
 
 
 def _per_sample_normalize(d: torch.Tensor) -> torch.Tensor:

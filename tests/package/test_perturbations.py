@@ -265,3 +265,17 @@ def test_names_expose_all_seven_perturbations():
     for public in ("feature_noise", "feature_drop", "dropout", "guided_cutout", "context_masking",
                    "object_masking", "vat"):
         assert callable(getattr(P, public))
+
+
+def test_cutout_with_precomputed_boxes_equals_finding_them():
+    objects = torch.zeros(2, 10, 10, dtype=torch.bool)
+    objects[0, 1:5, 2:7] = True
+    objects[0, 7:9, 7:10] = True
+    objects[1, 3:8, 0:4] = True
+    boxes = P.object_boxes(objects)
+    assert boxes[0] == [(slice(1, 5), slice(2, 7)), (slice(7, 9), slice(7, 10))]
+    torch.manual_seed(3)
+    found = P.cutout_mask(objects)
+    torch.manual_seed(3)
+    given = P.cutout_mask(objects, boxes=boxes)
+    assert torch.equal(found, given)

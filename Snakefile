@@ -29,6 +29,7 @@ resource_scopes:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/splits.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/weak.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 

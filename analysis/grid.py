@@ -36,18 +36,20 @@ from cct.config import PERTURBATIONS, AuxConfig
 
 PAPER_AUX = dataclasses.asdict(AuxConfig())
 
-# Settings implemented here; weak_labels and multi_domain come with their own issues (add an
-# expander to SETTING_METHODS, a schema entry and a table/plot kind).
-SETTINGS = ("label_fraction", "perturbation_ablation")
+# Settings implemented here (a new one needs an entry in SETTING_METHODS, a schema entry and a
+# table/plot kind).
+SETTINGS = ("label_fraction", "perturbation_ablation", "weak_labels")
 SETTING_METHODS = {
     "label_fraction": ("supervised", "cct"),
     "perturbation_ablation": ("supervised", *PERTURBATIONS, "all"),
+    "weak_labels": ("supervised", "cct", "cct_weak"),
 }
-METHOD_ORDER = ("supervised", "cct", *PERTURBATIONS, "all")
+METHOD_ORDER = ("supervised", "cct", "cct_weak", *PERTURBATIONS, "all")
 # Display names (the paper's names of the perturbations, Section 3.2).
 METHOD_NAMES = {
     "supervised": "Supervised",
     "cct": "CCT",
+    "cct_weak": "CCT + image-level labels",
     "vat": "I-VAT",
     "dropout": "DropOut",
     "cutout": "G-Cutout",
@@ -60,6 +62,7 @@ METHOD_NAMES = {
 SETTING_NAMES = {
     "label_fraction": "mIoU against the number of labelled images",
     "perturbation_ablation": "Per-perturbation ablation",
+    "weak_labels": "Image-level labels as pseudo pixel labels for the auxiliary decoders",
 }
 
 # cct keys the workflow sets for every run from the grid point; refused in the config's cct mappings.
@@ -71,6 +74,7 @@ GRID_KEYS = (
     "train.seed",
     "train.mode",
     "train.threads",
+    "weak.pseudo_labels",
 )
 # data.* keys that change how images are fed to training but not which images exist; they are left
 # out of a dataset's split config so that changing them does not redraw (and rerun) every split.
@@ -88,6 +92,10 @@ TRAINING_ONLY_DATA_KEYS = (
 )
 
 RUN_PATTERN = "{dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}"
+# the weak-label pipeline of a dataset and training seed, under {results}/weak/ (cam/, cams/,
+# pseudo_labels/): the CAM classifier of training seed s is trained with seed s, so the spread over
+# seeds includes that of the pseudo labels
+WEAK_PATTERN = "{dataset}/seed{seed}"
 SPLIT_PATTERN = "{dataset}/{labels}/split{split}"  # under {results}/splits/
 _RUN_RE = re.compile(
     r"(?:^|/)(?P<dataset>[^/]+)/(?P<setting>[^/]+)/(?P<method>[^/]+)/(?P<labels>\d+)/split(?P<split>\d+)/seed(?P<seed>\d+)"
@@ -178,6 +186,8 @@ def label_counts_for(config: Mapping[str, Any], setting: str, dataset: str) -> l
     if setting == "perturbation_ablation":
         count = spec.get("label_count")
         return [int(count) if count is not None else min(counts)]
+    if setting == "weak_labels" and not spec.get("label_counts"):
+        return [min(counts)]
     return sorted({int(n) for n in (spec.get("label_counts") or counts)})
 
 
@@ -235,7 +245,7 @@ def method_overrides(method: str, aux: Mapping[str, int]) -> dict[str, Any]:
     ``all`` are semi-supervised with every perturbation; a perturbation name keeps only its decoders."""
     if method == "supervised":
         return {"train": {"mode": "supervised"}}
-    if method in ("cct", "all"):
+    if method in ("cct", "all", "cct_weak"):  # cct_weak: the grid point adds weak.pseudo_labels
         return {"train": {"mode": "semi"}, "model": {"aux": {p: int(aux[p]) for p in PERTURBATIONS}}}
     if method in PERTURBATIONS:
         if int(aux[method]) <= 0:
@@ -257,7 +267,32 @@ def run_config(config: Mapping[str, Any], run: Run, labeled_list: str | None = N
     }
     if labeled_list is not None:
         point["data"].update(labeled_list=str(labeled_list), unlabeled_list=str(unlabeled_list))
+    if run.method == "cct_weak":
+        point["weak"] = {"pseudo_labels": weak_paths(config, run.dataset, run.seed)["pseudo_labels"]}
     return deep_merge(base, method_overrides(run.method, aux_counts(base)), point)
+
+
+def weak_paths(config: Mapping[str, Any], dataset: str, seed: int | str) -> dict[str, str]:
+    """Folders of a dataset's weak-label pipeline for one training seed (``{results}/weak/...``)."""
+    root = f"{config['results']}/weak/" + WEAK_PATTERN.format(dataset=dataset, seed=seed)
+    return {"root": root, "cam": f"{root}/cam", "cams": f"{root}/cams", "pseudo_labels": f"{root}/pseudo_labels"}
+
+
+def cam_config(config: Mapping[str, Any], dataset: str, seed: int | str) -> dict[str, Any]:
+    """The CAM config (cct.config.CamRunConfig overrides) of a dataset and training seed: the
+    dataset's data section (without training-only keys), ``settings.weak_labels.cam``,
+    ``datasets.<dataset>.cam``, and the seed."""
+    return deep_merge(
+        split_config(config, dataset),
+        config["settings"].get("weak_labels", {}).get("cam"),
+        config["datasets"][dataset].get("cam"),
+        {"train": {"seed": int(seed)}},
+    )
+
+
+def weak_pipelines(runs: Iterable[Run]) -> list[tuple[str, int]]:
+    """(dataset, seed) of every weak-label pipeline the runs read."""
+    return sorted({(r.dataset, r.seed) for r in runs if r.method == "cct_weak"})
 
 
 def split_lists(config: Mapping[str, Any], dataset: str, labels: int | str, split: int | str) -> dict[str, str]:
@@ -323,11 +358,13 @@ def user_split(config: Mapping[str, Any], dataset: str, labels: int, split: int)
 # Checks that run before any job starts
 
 
-def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] | None = None) -> list[Run]:
+def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] | None = None,
+                 validate_cam: Callable[[dict], Any] | None = None) -> list[Run]:
     """Expand the grid and check what the schema cannot; raise GridError naming the key.
 
     ``validate_cct``, when given (``cct.config.from_dict``), builds each distinct run config so that
-    an unknown or ill-typed cct key fails here, not in the middle of a grid.
+    an unknown or ill-typed cct key fails here, not in the middle of a grid; ``validate_cam`` does
+    the same for the CAM configs of the weak-label setting.
     """
     places = [("cct", config.get("cct"))]
     places += [(f"datasets.{d}.cct", spec.get("cct")) for d, spec in config["datasets"].items()]
@@ -375,6 +412,23 @@ def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] 
                 validate_cct(tree)
         except ValueError as exc:
             raise GridError(f"{where}: {exc}") from exc
+    checked = set()
+    for dataset, seed in weak_pipelines(runs):
+        cam_places = [("settings.weak_labels.cam", config["settings"].get("weak_labels", {}).get("cam")),
+                      (f"datasets.{dataset}.cam", config["datasets"][dataset].get("cam"))]
+        for where, tree in cam_places:
+            if _get(tree or {}, "train.seed")[0]:
+                raise GridError(f"{where}.train.seed: the CAM classifier of training seed s is trained with seed s; remove it")
+        if dataset in checked or validate_cam is None:
+            continue
+        checked.add(dataset)
+        try:
+            validate_cam(cam_config(config, dataset, seed))
+        except ValueError as exc:
+            raise GridError(
+                f"CAM config of {dataset} (from datasets.{dataset}.cct.data, settings.weak_labels.cam, "
+                f"datasets.{dataset}.cam): {exc}"
+            ) from exc
     return runs
 
 

@@ -4,6 +4,7 @@
   is the mean over runs, the band one standard deviation, the dots single runs.
 - ``perturbation_ablation``: final mIoU per perturbation alone (and all together, and supervised),
   bars with ± one standard deviation and the single runs as dots.
+- ``weak_labels``: the same bars for supervised, CCT and CCT + image-level labels.
 - ``curves``: validation mIoU and the training losses against the iteration (from each run's
   ``history``), mean ± one standard deviation over runs.
 
@@ -26,7 +27,8 @@ import seaborn as sns  # noqa: E402
 
 from analysis.grid import METHOD_NAMES, METHOD_ORDER  # noqa: E402
 
-CURVE_METRICS = {"val_miou": "val mIoU (%)", "loss_sup": "supervised loss", "loss_unsup": "consistency loss"}
+CURVE_METRICS = {"val_miou": "val mIoU (%)", "loss_sup": "supervised loss", "loss_unsup": "consistency loss",
+                 "loss_weak": "weak (pseudo-label) loss"}
 PALETTE = dict(zip([METHOD_NAMES[m] for m in METHOD_ORDER], sns.color_palette("tab10", len(METHOD_ORDER))))
 
 
@@ -79,8 +81,9 @@ def plot_label_fraction(runs: pd.DataFrame, paths: Sequence[str | Path]) -> plt.
     return fig
 
 
-def plot_ablation(runs: pd.DataFrame, paths: Sequence[str | Path]) -> plt.Figure:
-    frame, order = _named(_select(runs, "perturbation_ablation"))
+def plot_bars(runs: pd.DataFrame, setting: str, paths: Sequence[str | Path]) -> plt.Figure:
+    """Final mIoU per method of ``setting``, one panel per (dataset, label count)."""
+    frame, order = _named(_select(runs, setting))
     panels = sorted({(d, int(n)) for d, n in zip(frame["dataset"], frame["labels"])})
     fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 0.75 * len(order) + 1.5) * len(panels), 3.8),
                              squeeze=False)
@@ -137,7 +140,15 @@ def plot_curves(history: pd.DataFrame, setting: str, paths: Sequence[str | Path]
     return fig
 
 
-PLOTS = {"label_fraction": plot_label_fraction, "perturbation_ablation": plot_ablation}
+def plot_ablation(runs: pd.DataFrame, paths: Sequence[str | Path]) -> plt.Figure:
+    return plot_bars(runs, "perturbation_ablation", paths)
+
+
+def plot_weak_labels(runs: pd.DataFrame, paths: Sequence[str | Path]) -> plt.Figure:
+    return plot_bars(runs, "weak_labels", paths)
+
+
+PLOTS = {"label_fraction": plot_label_fraction, "perturbation_ablation": plot_ablation, "weak_labels": plot_weak_labels}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""The ``cct`` command: ``train``, ``evaluate``, ``predict``, ``splits``. Every bad input exits with
-status 2 and one line naming the file, key or value at fault."""
+"""The ``cct`` command: ``train``, ``evaluate``, ``predict``, ``splits``, and for the weak-label setting
+``cam train``, ``cam infer`` and ``pseudo-labels``. Every bad input exits with status 2 and one line
+naming the file, key or value at fault."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cct.config import ConfigError, from_dict, load_config
+from cct.config import CamRunConfig, ConfigError, from_dict, load_config
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -124,6 +125,48 @@ def cmd_splits(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cam_train(args: argparse.Namespace) -> int:
+    from cct.train import Interrupted
+    from cct.weak.cam import train_cam
+
+    config = load_config(args.config, args.overrides, kind=CamRunConfig)
+    try:
+        metrics = train_cam(config, args.out, args.resume_dir)
+    except Interrupted as exc:
+        print(f"cct cam train: {exc}", file=sys.stderr)
+        return 143
+    print(f"image-level accuracy {metrics['val_label_accuracy']:.1f}% on val -> {args.out}/checkpoint.pt")
+    return 0
+
+
+def cmd_cam_infer(args: argparse.Namespace) -> int:
+    from cct.weak.cam import infer_cams
+
+    summary = infer_cams(args.checkpoint, args.out, args.overrides)
+    print(f"CAMs of {summary['n_images']} images -> {args.out}")
+    return 0
+
+
+def cmd_pseudo_labels(args: argparse.Namespace) -> int:
+    from cct.weak.cam import load_cam
+    from cct.weak.pseudo import make_pseudo_labels
+
+    if args.config is None and args.checkpoint is None:
+        raise ConfigError("give --config (a CAM config) or --checkpoint (the CAM checkpoint, whose config is used)")
+    if args.config is not None:
+        config = load_config(args.config, args.overrides, kind=CamRunConfig)
+    else:
+        config = from_dict(load_cam(args.checkpoint)[1].to_dict(), args.overrides, kind=CamRunConfig)
+    summary = make_pseudo_labels(config, args.cams, args.out)
+    if args.summary:
+        from cct.io import atomic_write_json
+
+        atomic_write_json(args.summary, summary)
+    print(f"pseudo labels of {summary['n_images']} images: mIoU {summary['miou']:.2f} on the "
+          f"{100 - summary['ignored_fraction']:.1f}% of pixels they label -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cct", description="Cross-Consistency Training for semi-supervised segmentation")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -155,6 +198,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-lists", nargs=2, metavar=("LABELED", "UNLABELED"), help="validate and copy user lists")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_splits)
+
+    cam = sub.add_parser("cam", help="the CAM classifier of the weak-label setting").add_subparsers(dest="cam_command", required=True)
+    p = cam.add_parser("train", help="train the CAM classifier on the training set's image-level labels")
+    p.add_argument("--config", default=None, help="YAML CAM config (data, model, train, infer, pseudo; see config/README.md)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, help="folder for config.yaml, checkpoint.pt, metrics.json")
+    p.add_argument("--resume-dir", default=None, help="resume state folder (default OUT/resume)")
+    p.set_defaults(func=cmd_cam_train, command="cam train")
+    p = cam.add_parser("infer", help="multi-scale, flipped CAMs of every training image for its known classes")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt of `cct cam train`")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override keys of the checkpoint's config, e.g. infer.scales=[1.0] train.device=cpu")
+    p.add_argument("--out", required=True, help="folder of <id>.npz CAMs and cams.json")
+    p.set_defaults(func=cmd_cam_infer, command="cam infer")
+
+    p = sub.add_parser("pseudo-labels", help="threshold CAMs into pseudo pixel labels (PNG) and score them")
+    p.add_argument("--cams", required=True, help="folder written by `cct cam infer`")
+    p.add_argument("--config", default=None, help="YAML CAM config (its data and pseudo sections are used)")
+    p.add_argument("--checkpoint", default=None, help="or: the CAM checkpoint, whose config is used")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="e.g. pseudo.fg_threshold=0.3 pseudo.bg_threshold=0.05")
+    p.add_argument("--out", required=True, help="folder of <id>.png pseudo labels and summary.json")
+    p.add_argument("--summary", default=None, help="also write summary.json here (outside OUT)")
+    p.set_defaults(func=cmd_pseudo_labels)
     return parser
 
 

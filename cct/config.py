@@ -126,12 +126,21 @@ class TrainConfig:
 
 
 @dataclass
+class WeakConfig:
+    """Image-level labels as pseudo pixel labels for the auxiliary decoders (paper Sec. 3.4)."""
+
+    pseudo_labels: str | None = None  # folder of <id>.png written by `cct pseudo-labels`; None = off
+    loss_w: float = 0.4  # weakly_loss_w (paper 0.4), ramped up with the unsupervised weight
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    weak: WeakConfig = field(default_factory=WeakConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -193,6 +202,93 @@ class RunConfig:
             )
         if (self.data.labeled_list is None) != (self.data.unlabeled_list is None):
             raise ConfigError("data.labeled_list and data.unlabeled_list: give both or neither")
+        if self.weak.pseudo_labels is not None and self.train.mode != "semi":
+            raise ConfigError(
+                "weak.pseudo_labels: the weak loss trains the auxiliary decoders on unlabelled images; "
+                f"it needs train.mode 'semi', got {self.train.mode!r}"
+            )
+        if self.weak.loss_w < 0:
+            raise ConfigError(f"weak.loss_w: must be >= 0, got {self.weak.loss_w}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# The CAM classifier that turns image-level labels into pseudo pixel labels (`cct cam ...`)
+
+
+@dataclass
+class CamModelConfig:
+    encoder: str = "small"  # small | resnet50 | resnet101 (the paper: resnet50, ImageNet)
+    pretrained: bool | str = False
+    output_stride: int = 4  # the paper: 16 (strides 2, 2, 2, 1); small: 4 or 8
+    width: int = 32  # small encoder only
+
+
+@dataclass
+class CamTrainConfig:
+    iterations: int = 1500
+    batch_size: int = 16
+    # whole embedded scenes (64 px), shrunk at most: a crop could cut out a labelled object
+    crop_size: int = 64  # the paper: 512
+    scale_range: tuple[float, float] = (0.75, 1.0)  # random rescale of the long side (the paper: 320-640 px)
+    lr: float = 0.05  # backbone; the paper: 0.1
+    classifier_lr_factor: float = 10.0  # the paper: classifier at 10x (1.0)
+    momentum: float = 0.9  # the paper (IRN's PolyOptimizer): 0
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 1
+
+
+@dataclass
+class CamInferConfig:
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    flip: bool = True
+
+
+@dataclass
+class PseudoConfig:
+    fg_threshold: float = 0.30  # a class's normalised CAM above this: that class
+    bg_threshold: float = 0.05  # every present class's CAM below this: background
+    # (between the two: 255, ignored; the paper's dense CRF refinement is not applied, see cct/weak)
+
+
+@dataclass
+class CamRunConfig:
+    """One CAM classifier: trained on the image-level labels of ``data``'s training split."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: CamModelConfig = field(default_factory=CamModelConfig)
+    train: CamTrainConfig = field(default_factory=CamTrainConfig)
+    infer: CamInferConfig = field(default_factory=CamInferConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def validate(self) -> "CamRunConfig":
+        _choice("data.dataset", self.data.dataset, ("embedded", "voc", "cityscapes", "camvid", "sunrgbd"))
+        _choice("model.encoder", self.model.encoder, ("small", "resnet50", "resnet101"))
+        _choice("model.output_stride", self.model.output_stride, (4, 8, 16))
+        _choice("train.device", self.train.device, ("auto", "cpu", "cuda"))
+        for key in ("iterations", "batch_size", "crop_size", "threads"):
+            if getattr(self.train, key) < 1:
+                raise ConfigError(f"train.{key}: must be >= 1, got {getattr(self.train, key)}")
+        if self.train.batch_size < 2:
+            raise ConfigError(f"train.batch_size: must be >= 2 (batch norm), got {self.train.batch_size}")
+        if not self.train.lr > 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.train.lr}")
+        lo, hi = self.train.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"train.scale_range: need 0 < lo <= hi, got {[lo, hi]}")
+        if not self.infer.scales or any(s <= 0 for s in self.infer.scales):
+            raise ConfigError(f"infer.scales: need one or more positive scales, got {self.infer.scales}")
+        p = self.pseudo
+        if not 0.0 <= p.bg_threshold < p.fg_threshold <= 1.0:
+            raise ConfigError(
+                f"pseudo: need 0 <= bg_threshold < fg_threshold <= 1, got bg {p.bg_threshold}, fg {p.fg_threshold}"
+            )
         return self
 
 
@@ -290,9 +386,10 @@ def parse_override(text: str) -> dict[str, Any]:
     return tree
 
 
-def from_dict(tree: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Build a validated RunConfig from a nested mapping plus ``key=value`` overrides."""
-    config = RunConfig()
+def from_dict(tree: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = (), kind: type = RunConfig):
+    """Build a validated config (``kind``: RunConfig or CamRunConfig) from a nested mapping plus
+    ``key=value`` overrides."""
+    config = kind()
     if tree:
         if not isinstance(tree, dict):
             raise ConfigError(f"config must be a mapping, got {type(tree).__name__}")
@@ -302,7 +399,7 @@ def from_dict(tree: dict[str, Any] | None, overrides: list[str] | tuple[str, ...
     return config.validate()
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), kind: type = RunConfig):
     """Read a YAML config file (or only defaults when ``path`` is None) and apply overrides."""
     tree = None
     if path is not None:
@@ -314,13 +411,13 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
         try:
-            return from_dict(tree, overrides)
+            return from_dict(tree, overrides, kind)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-    return from_dict(tree, overrides)
+    return from_dict(tree, overrides, kind)
 
 
-def save_config(config: RunConfig, path: str | Path) -> None:
+def save_config(config: RunConfig | CamRunConfig, path: str | Path) -> None:
     from cct.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

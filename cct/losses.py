@@ -139,8 +139,9 @@ def pairwise_loss(aux_logits: torch.Tensor) -> torch.Tensor:
 
 
 def weak_loss(aux_logits: torch.Tensor, pseudo_labels: torch.Tensor) -> torch.Tensor:
-    """CE between every auxiliary prediction (B, N, K, H, W) and pseudo labels (B, H, W) (255
-    ignored), averaged over the decoders."""
+    """CE between every auxiliary prediction (B, N, K, *P) and pseudo labels (B, *P) (255 ignored),
+    averaged over the decoders. *P is (H, W), or any pixel layout shared by both (the decoders'
+    native one)."""
     b, n = aux_logits.shape[:2]
     target = pseudo_labels.unsqueeze(1).expand(b, n, *pseudo_labels.shape[1:]).flatten(0, 1)
     return cross_entropy(aux_logits.flatten(0, 1), target)

@@ -170,7 +170,13 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
     transform = train_transform(config.data, max(train_source.load(0)[0].shape[:2]))
     lab = iter(batch_stream(train_source, labeled, transform, tc.batch_size_labeled, tc.seed, "labeled", start, total,
                             config.data.num_workers, pin))
-    unl = iter(batch_stream(train_source, unlabeled, transform, tc.batch_size_unlabeled, tc.seed, "unlabeled", start,
+    weak = config.weak.pseudo_labels is not None
+    unl_source = train_source
+    if weak:  # unlabelled images carry pseudo labels from their image-level labels (cct.weak)
+        from cct.weak.pseudo import with_pseudo_labels
+
+        unl_source = with_pseudo_labels(train_source, config.weak.pseudo_labels, unlabeled)
+    unl = iter(batch_stream(unl_source, unlabeled, transform, tc.batch_size_unlabeled, tc.seed, "unlabeled", start,
                             total, config.data.num_workers, pin)) if semi else None
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda")
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
@@ -206,7 +212,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
                     terms["loss_sup"] = losses.cross_entropy(logits_l.float(), y_l)
                 loss = terms["loss_sup"]
                 if semi:
-                    x_u = next(unl)[0].to(device, non_blocking=True)
+                    x_u, y_w = (t.to(device, non_blocking=True) for t in next(unl))
                     z_u = model.encoder(x_u)
                     logits_u = model.decode(z_u)
                     aux = model.auxiliary(z_u, logits_u, native=True).float()
@@ -215,6 +221,11 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
                     terms["loss_unsup"] = losses.consistency_loss(aux, target, lc.consistency, threshold, lc.softmax_temp)
                     w_u = losses.unsupervised_weight(i, total, lc.unsupervised_w, lc.rampup)
                     loss = loss + w_u * terms["loss_unsup"]
+                    if weak:  # CE of every aux decoder against the pseudo labels, ramped like w_u
+                        y_native = model.to_native(y_w.unsqueeze(1))[:, 0]
+                        terms["loss_weak"] = losses.weak_loss(aux, y_native)
+                        w_w = losses.unsupervised_weight(i, total, config.weak.loss_w, lc.rampup)
+                        loss = loss + w_w * terms["loss_weak"]
                     if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)
                         terms["loss_pairwise"] = losses.pairwise_loss(aux)
                         loss = loss + w_u * lc.pairwise_w * terms["loss_pairwise"]
@@ -245,6 +256,8 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
                          "lr": optimizer.param_groups[1]["lr"]}
                 if semi:
                     entry.update(loss_unsup=float(terms["loss_unsup"].detach()), w_u=w_u)
+                if weak:
+                    entry.update(loss_weak=float(terms["loss_weak"].detach()))
                 history.append(entry)
                 writer.add_scalar("val/miou", result["miou"], step)
                 log.info("iteration %d: val mIoU %.2f", step, result["miou"])
@@ -272,6 +285,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
         "split_seed": config.data.split_seed,
         "n_labeled": len(labeled),
         "n_unlabeled": len(unlabeled),
+        "n_weak": len(unlabeled) if weak else 0,  # unlabelled images trained on their pseudo labels
         "dataset": config.data.dataset,
         "domain": config.data.domain,
         "class_names": list(train_source.class_names),

@@ -68,6 +68,17 @@ def load_pretrained(backbone: nn.Module, name: str, pretrained: bool | str) -> N
         raise ConfigError(f"model.pretrained: {path} does not match {name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+def resnet_backbone(name: str, pretrained: bool | str, output_stride: int) -> nn.Sequential:
+    """torchvision ResNet-50/101 without its pooling and fc: (B, 3, H, W) -> (B, 2048, H/os, W/os),
+    layer3/4 dilated (output stride 8) or layer4 only (16)."""
+    dilation = {8: [False, True, True], 16: [False, False, True]}.get(output_stride)
+    if dilation is None:
+        raise ConfigError(f"model.output_stride: {output_stride} is not supported by {name} (use 8 or 16)")
+    net = torchvision.models.get_model(name, weights=None, replace_stride_with_dilation=dilation)
+    load_pretrained(net, name, pretrained)
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+
+
 class ResNetEncoder(nn.Module):
     """torchvision ResNet-50/101, layer3/4 dilated (output stride 8) or layer4 only (16), + PSP -> 512 channels."""
 
@@ -75,14 +86,7 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, name: str = "resnet50", pretrained: bool | str = False, output_stride: int = 8) -> None:
         super().__init__()
-        dilation = {8: [False, True, True], 16: [False, False, True]}.get(output_stride)
-        if dilation is None:
-            raise ConfigError(f"model.output_stride: {output_stride} is not supported by {name} (use 8 or 16)")
-        net = torchvision.models.get_model(name, weights=None, replace_stride_with_dilation=dilation)
-        load_pretrained(net, name, pretrained)
-        self.backbone = nn.Sequential(
-            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
-        )
+        self.backbone = resnet_backbone(name, pretrained, output_stride)
         self.psp = PSPModule(2048, self.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

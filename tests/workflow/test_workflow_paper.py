@@ -129,7 +129,41 @@ def test_ablation_uses_the_voc_protocol():
                                        feature_drop=0, feature_noise=0)
 
 
-@pytest.mark.parametrize("name", ["weak.yaml", "multidomain.yaml"])
+def test_weak_dry_run_adds_the_weak_rows_to_the_voc_grid(workdir, voc_root):
+    proc = snakemake(workdir, "-n", "--configfile", str(PAPER / "voc.yaml"), str(PAPER / "weak.yaml"),
+                     "--config", f"data_root={voc_root}", timeout=DRY_RUN_LIMIT_S)
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout)
+    # the curve's 16 trainings + cct_weak at 1,464; the weak table's supervised/cct are the curve's
+    assert counts["train"] == 17 and counts["alias"] == 2
+    assert counts["cam_train"] == counts["cam_infer"] == counts["pseudo_labels"] == 1
+    assert "results/paper/voc/tables/weak_labels.csv" in proc.stdout and "embedded" not in proc.stdout
+
+
+def test_weak_protocol_is_the_official_cam_pipeline(voc_root):
+    from cct.config import CamRunConfig, from_dict
+
+    config = merged(load("voc.yaml"), load("weak.yaml"), {"data_root": str(voc_root)})
+    runs = grid.check_config(config, from_dict, lambda t: from_dict(t, kind=CamRunConfig))
+    weak = next(r for r in runs if r.method == "cct_weak")
+    assert (weak.labels, weak.dataset) == (1464, "voc")
+    cfg = from_dict(grid.workflow_run_config(config, weak))
+    assert cfg.weak.loss_w == 0.4 and cfg.weak.pseudo_labels == "results/paper/voc/weak/voc/seed0/pseudo_labels"
+    assert cfg.model.encoder == "resnet50" and cfg.train.iterations == 45600  # the VOC protocol otherwise
+    cam = from_dict(grid.cam_config(config, "voc", 0), kind=CamRunConfig)
+    assert cam.data.dataset == "voc" and cam.data.root == str(voc_root)
+    assert (cam.model.encoder, cam.model.pretrained, cam.model.output_stride) == ("resnet50", True, 16)
+    assert (cam.train.batch_size, cam.train.crop_size, cam.train.lr, cam.train.classifier_lr_factor) == (16, 512, 0.1, 10.0)
+    assert cam.train.iterations == 5 * 662 and cam.train.momentum == 0.0
+    assert cam.infer.scales == [1.0, 0.5, 1.5, 2.0] and cam.infer.flip
+    assert (cam.pseudo.fg_threshold, cam.pseudo.bg_threshold) == (0.30, 0.05)
+    # the paper column: 69.4 beside CCT and 73.2 beside CCT + image-level labels
+    paper = pd.read_csv(ROOT / "data" / "paper_numbers.csv")
+    rows = paper[(paper["setting"] == "weak_labels") & (paper["kind"] == "paper")]
+    assert dict(zip(rows["method"], rows["miou"])) == {"cct": 69.4, "cct_weak": 73.2}
+
+
+@pytest.mark.parametrize("name", ["multidomain.yaml"])
 def test_placeholder_protocols_stop_at_the_config_check(workdir, name):
     proc = snakemake(workdir, "-n", "--configfile", str(PAPER / name), timeout=DRY_RUN_LIMIT_S)
     assert proc.returncode != 0 and "not_yet_implemented" in proc.stdout + proc.stderr

@@ -29,12 +29,14 @@ shell.prefix(
 from analysis import grid
 
 try:  # check every cct key before any job starts (skipped where the package is not importable)
-    from cct.config import from_dict as _validate_cct
+    from cct.config import CamRunConfig, from_dict as _validate_cct
+
+    _validate_cam = lambda tree: _validate_cct(tree, kind=CamRunConfig)
 except ImportError:
-    _validate_cct = None
+    _validate_cct = _validate_cam = None
 
 try:
-    RUNS = grid.check_config(config, _validate_cct)
+    RUNS = grid.check_config(config, _validate_cct, _validate_cam)
 except grid.GridError as exc:
     raise WorkflowError(f"Invalid config: {exc}")
 
@@ -44,10 +46,13 @@ CANONICAL = grid.canonical_runs(config, RUNS)  # run -> the run that trains its 
 TRAINED = [r for r in RUNS if CANONICAL[r] == r]
 ALIASES = {r: c for r, c in CANONICAL.items() if r != c}
 
+WEAK = grid.weak_pipelines(RUNS)  # (dataset, seed) of every weak-label pipeline
+
 R = config["results"]
 RUN = grid.RUN_PATTERN  # {dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}
 RUN_DIR = f"{R}/runs/{RUN}"
 SPLIT_DIR = f"{R}/splits/{grid.SPLIT_PATTERN}"  # {dataset}/{labels}/split{split}
+WEAK_DIR = f"{R}/weak/{grid.WEAK_PATTERN}"  # {dataset}/seed{seed}: cam/, cams/, pseudo_labels/
 PAPER_NUMBERS = config["paper_numbers"] or os.path.join(ROOT, "data", "paper_numbers.csv")
 ENV = "../../environment.yml"
 
@@ -116,10 +121,41 @@ def split_source(wildcards, input):
     return f"--n-labeled {int(wildcards.labels)} --split-seed {int(wildcards.split)}"
 
 
+def weak_inputs(wildcards):
+    """The pseudo labels a run trains on (cct_weak runs), else nothing."""
+    if wildcards.method != "cct_weak":
+        return []
+    return [grid.weak_paths(config, wildcards.dataset, wildcards.seed)["pseudo_labels"]]
+
+
+def weak_summaries():
+    return [f"{R}/weak/{grid.WEAK_PATTERN.format(dataset=d, seed=s)}/pseudo_labels.json" for d, s in WEAK]
+
+
+def cam_metrics():
+    return [f"{R}/weak/{grid.WEAK_PATTERN.format(dataset=d, seed=s)}/cam/metrics.json" for d, s in WEAK]
+
+
+def weak_figure_inputs(wildcards):
+    """The first seed's weak pipeline of the dataset and the checkpoint of its first cct_weak run."""
+    run = min(r for r in TRAINED if r.dataset == wildcards.dataset and r.method == "cct_weak")
+    paths = grid.weak_paths(config, run.dataset, run.seed)
+    return {
+        "cam_config": f"{paths['root']}/cam.yaml",
+        "cams": paths["cams"],
+        "pseudo": paths["pseudo_labels"],
+        "checkpoint": f"{R}/runs/{run.path}/checkpoint.pt",
+        "unlabeled": grid.split_lists(config, run.dataset, run.labels, run.split)["unlabeled"],
+    }
+
+
 def final_outputs():
     outputs = [f"{R}/tables/runs.csv", f"{R}/tables/runtime.csv", f"{R}/tables/runtime.md"]
     for setting in grid.enabled_settings(config):
         outputs += [f"{R}/tables/{setting}.{ext}" for ext in ("csv", "md", "tex")]
         outputs += [f"{R}/plots/{setting}.{ext}" for ext in ("png", "pdf")]
         outputs += [f"{R}/plots/{setting}_curves.{ext}" for ext in ("png", "pdf")]
+    if WEAK:
+        outputs += [f"{R}/tables/pseudo_labels.{ext}" for ext in ("csv", "md")]
+        outputs += [f"{R}/plots/weak_labels_examples_{d}.{ext}" for d in sorted({d for d, _ in WEAK}) for ext in ("png", "pdf")]
     return outputs

@@ -40,6 +40,7 @@ rule train:
         config=rules.run_config.output[0],
         labeled=f"{SPLIT_DIR}/labeled.txt",
         unlabeled=f"{SPLIT_DIR}/unlabeled.txt",
+        weak=weak_inputs,
     output:
         metrics=f"{RUN_DIR}/metrics.json",
         config=f"{RUN_DIR}/config.yaml",

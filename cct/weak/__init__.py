@@ -1,0 +1,1 @@
+"""Weak labels: image-level labels -> CAM classifier -> pseudo pixel labels for the auxiliary decoders."""

@@ -1,0 +1,312 @@
+"""The class-activation-map (CAM) classifier of the weak-label setting (paper Sec. 3.4).
+
+A backbone without PSP, a bias-free 1x1 classifier over the foreground classes and global average
+pooling (Zhou et al., 2016), trained with a multi-label soft-margin loss on image-level labels.
+Because the classifier is linear, GAP then classify equals classify then GAP: the logits are the
+mean of the class activation maps. At inference the maps of several scales and their horizontal
+flips are summed at the image's resolution, restricted to the classes the image is known to
+contain, and each is normalised by its maximum (the official pipeline, which follows IRN; Ahn et al.
+2019). ``cct cam train`` and ``cct cam infer`` are the two entry points.
+
+CAMs are stored per image as ``<id>.npz``: ``classes`` int64 (n,) dataset class indices of the
+present foreground classes, ``cams`` uint8 (n, H, W) normalised maps x 255 (1/255 is far below the
+thresholds' precision; float maps of the VOC training set would take ~6 GB).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from cct.config import CamModelConfig, CamRunConfig, ConfigError, save_config
+from cct.data.base import Source, load_source
+from cct.data.loader import AugmentedDataset, IterationBatchSampler
+from cct.data.transforms import normalize, to_tensors, train_transform
+from cct.io import atomic_torch_save, atomic_write_json
+from cct.model.encoder import SmallEncoder, resnet_backbone
+
+log = logging.getLogger("cct.cam")
+
+
+class CamNet(nn.Module):
+    """Backbone + 1x1 classifier. ``forward(x)`` (B, 3, H, W) -> logits (B, C) over the C foreground
+    classes; ``cams(x)`` -> ReLU'd maps (B, C, H/os, W/os)."""
+
+    def __init__(self, config: CamModelConfig, num_foreground: int) -> None:
+        super().__init__()
+        if config.encoder == "small":
+            if config.pretrained is True:
+                raise ConfigError("model.pretrained: the small encoder has no ImageNet weights; use false")
+            self.backbone = SmallEncoder(config.width, config.output_stride, psp=False)
+            channels = self.backbone.out_channels
+            self.frozen_bn = False
+        else:
+            self.backbone = resnet_backbone(config.encoder, config.pretrained, config.output_stride)
+            channels = 2048
+            # with ImageNet weights the official CAM network keeps batch-norm statistics and the
+            # stem fixed (batches of 16 crops would only blur them)
+            self.frozen_bn = bool(config.pretrained)
+            if self.frozen_bn:
+                for p in self.backbone[0].parameters():
+                    p.requires_grad_(False)
+        self.classifier = nn.Conv2d(channels, num_foreground, 1, bias=False)
+        self.stride = config.output_stride
+
+    def train(self, mode: bool = True) -> "CamNet":
+        super().train(mode)
+        if self.frozen_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(x)).mean((2, 3))
+
+    def cams(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.classifier(self.backbone(x)))
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        return [p for p in self.backbone.parameters() if p.requires_grad], list(self.classifier.parameters())
+
+
+def foreground_labels(source: Source) -> np.ndarray:
+    """bool (N, K-1): the image-level labels of ``source``; ConfigError when it has none."""
+    if source.image_labels is None:
+        raise ConfigError(f"data.dataset: {source.name} has no image-level labels (weak labels need them)")
+    if list(source.background_classes) != [0]:
+        raise ConfigError(
+            f"data.background_classes: weak labels need class 0 as the only background class ({source.name} has "
+            f"{source.background_classes})"
+        )
+    return source.image_labels
+
+
+class _ImageLevel(AugmentedDataset):
+    """Item (index, aug seed) -> (augmented image (3, h, w), multi-hot labels float (K-1,))."""
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        image, _ = super().__getitem__(key)
+        return image, torch.from_numpy(self.source.image_labels[key[0]].astype(np.float32))
+
+
+def _device(name: str) -> torch.device:
+    from cct.train import pick_device
+
+    return pick_device(name)
+
+
+@torch.no_grad()
+def image_level_accuracy(model: CamNet, source: Source, device: torch.device) -> dict[str, float]:
+    """Multi-label decisions (logit > 0) against the classes present in the masks of ``source``."""
+    model.eval()
+    norm, k = normalize(), model.classifier.out_channels
+    correct = exact = 0
+    for i in range(len(source)):
+        image, mask = to_tensors(*source.load(i))
+        logits = model(norm(image).as_subclass(torch.Tensor)[None].to(device))[0].cpu()
+        present = torch.zeros(k, dtype=torch.bool)
+        values = mask.as_subclass(torch.Tensor).unique()
+        values = values[(values > 0) & (values <= k)]
+        present[values - 1] = True
+        hits = (logits > 0) == present
+        correct += int(hits.sum())
+        exact += int(hits.all())
+    model.train()
+    n = max(len(source), 1)
+    return {"val_label_accuracy": 100.0 * correct / (n * k), "val_exact_match": 100.0 * exact / n}
+
+
+def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path | None = None) -> dict:
+    """Train the CAM classifier on every training image's image-level labels; write ``config.yaml``,
+    ``checkpoint.pt`` and ``metrics.json`` under ``out_dir`` (resume state in ``resume_dir``)."""
+    from cct.train import Interrupted, _StopFlag, iteration_seed
+
+    out_dir = Path(out_dir)
+    resume_path = Path(resume_dir or out_dir / "resume") / "state.pt"
+    tc = config.train
+    torch.set_num_threads(tc.threads)
+    device = _device(tc.device)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    source = load_source(config.data, "train")
+    labels = foreground_labels(source)
+    torch.manual_seed(tc.seed)
+    model = CamNet(config.model, labels.shape[1]).to(device)
+    backbone, head = model.parameter_groups()
+    base_lrs = [tc.lr, tc.lr * tc.classifier_lr_factor]
+    optimizer = torch.optim.SGD([{"params": backbone}, {"params": head}], lr=tc.lr, momentum=tc.momentum,
+                                weight_decay=tc.weight_decay)
+    config_dict, start, history, elapsed = config.to_dict(), 0, [], 0.0
+    if resume_path.is_file():
+        state = torch.load(resume_path, map_location=device, weights_only=True)
+        if state["config"] == config_dict:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, history, elapsed = state["iteration"], state["history"], state["elapsed"]
+            log.info("resuming from %s at iteration %d", resume_path, start)
+    data = config.data
+    data_cfg = type(data)(**{**vars(data), "crop_size": tc.crop_size, "scale_range": tc.scale_range})
+    transform = train_transform(data_cfg, max(source.load(0)[0].shape[:2]))
+    sampler = IterationBatchSampler(list(range(len(source))), tc.batch_size, tc.seed, "labeled", start, tc.iterations)
+    batches = DataLoader(_ImageLevel(source, transform), batch_sampler=sampler, num_workers=data.num_workers)
+    t0 = time.perf_counter()
+
+    def save_state(iteration: int) -> None:
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+                           "history": history, "elapsed": elapsed + time.perf_counter() - t0, "config": config_dict},
+                          resume_path)
+
+    model.train()
+    running, n_running = torch.zeros((), device=device), 0
+    with _StopFlag() as stop:
+        for i, (x, y) in enumerate(batches, start=start):
+            torch.manual_seed(iteration_seed(tc.seed, i))
+            factor = (1 - i / tc.iterations) ** tc.poly_power
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr * factor
+            loss = F.multilabel_soft_margin_loss(model(x.to(device)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running, n_running = running + loss.detach(), n_running + 1
+            step = i + 1
+            if step % 50 == 0 or step == tc.iterations:
+                mean = float(running) / n_running
+                if not np.isfinite(mean):
+                    raise FloatingPointError(f"CAM loss became {mean} before iteration {step}; lower train.lr")
+                history.append({"iteration": step, "loss": mean})
+                running, n_running = torch.zeros((), device=device), 0
+            if stop.signum is not None or step % 200 == 0:
+                save_state(step)
+            if stop.signum is not None:
+                raise Interrupted(f"stopped by signal {stop.signum} at iteration {step}; state saved to {resume_path}")
+    val = image_level_accuracy(model, load_source(config.data, "val"), device)
+    metrics = {
+        **val,
+        "final_loss": history[-1]["loss"] if history else None,
+        "history": history,
+        "iterations": tc.iterations,
+        "n_images": len(source),
+        "class_names": list(source.class_names),
+        "wall_time_s": elapsed + time.perf_counter() - t0,
+        "device": str(device),
+        "config": config_dict,
+        "versions": _versions(),
+    }
+    save_config(config, out_dir / "config.yaml")
+    atomic_torch_save({"model": model.state_dict(), "config": config_dict, "class_names": list(source.class_names)},
+                      out_dir / "checkpoint.pt")
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    if start < tc.iterations:
+        save_state(tc.iterations)
+    return metrics
+
+
+def _versions() -> dict[str, str]:
+    from cct.train import versions
+
+    return versions()
+
+
+def load_cam(path: str | Path) -> tuple[CamNet, CamRunConfig]:
+    """(model in eval mode, its config) from a ``cct cam train`` checkpoint."""
+    from cct.config import from_dict
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--checkpoint: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = from_dict(state["config"], kind=CamRunConfig)
+        config.model.pretrained = False  # the checkpoint holds the weights
+        model = CamNet(config.model, len(state["class_names"]) - 1)
+        model.load_state_dict(state["model"])
+    except Exception as exc:  # foreign files raise many types
+        raise ConfigError(f"--checkpoint: {path} is not a cct CAM checkpoint ({str(exc).splitlines()[0]})") from exc
+    return model.eval(), config
+
+
+@torch.no_grad()
+def cam_maps(model: CamNet, image: torch.Tensor, classes: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
+    """Normalised CAMs of one image.
+
+    ``image``: normalised (3, H, W); ``classes``: int64 (n,) foreground indices (0-based, into the
+    classifier's outputs) of the classes the image contains. Returns float (n, H, W) in [0, 1]: per
+    class, the sum over scales (and flips) of the ReLU'd map upsampled to (H, W), divided by its
+    maximum (an all-zero map stays zero).
+    """
+    h, w = image.shape[-2:]
+    total = image.new_zeros((len(classes), h, w))
+    if len(classes) == 0:
+        return total
+    stride = model.stride
+    for scale in scales:
+        size = (max(stride, round(h * scale / stride) * stride), max(stride, round(w * scale / stride) * stride))
+        x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+        batch = torch.cat([x, x.flip(-1)]) if flip else x
+        maps = model.cams(batch)[:, classes]
+        if flip:
+            maps = maps[:1] + maps[1:].flip(-1)
+        total += F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)[0]
+    peak = total.flatten(1).amax(1).clamp_min(1e-5)
+    return total / peak[:, None, None]
+
+
+def id_filename(image_id: str) -> str:
+    """A file name for an image id (ids of nested datasets hold '/')."""
+    return image_id.replace("/", "__")
+
+
+def infer_cams(checkpoint: str | Path, out_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """CAMs of every training image for its known classes -> ``out_dir/<id>.npz`` and ``cams.json``.
+
+    Written into ``out_dir.partial`` and renamed when complete: a cut job leaves no half folder."""
+    from cct.config import from_dict
+
+    model, config = load_cam(checkpoint)
+    if overrides:
+        config = from_dict(config.to_dict(), overrides, kind=CamRunConfig)
+    device = _device(config.train.device)
+    torch.set_num_threads(config.train.threads)
+    model.to(device)
+    source = load_source(config.data, "train")
+    labels = foreground_labels(source)
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    norm = normalize()
+    t0 = time.perf_counter()
+    for i, image_id in enumerate(source.ids):
+        image, _ = to_tensors(*source.load(i))
+        present = np.flatnonzero(labels[i])
+        maps = cam_maps(model, norm(image).as_subclass(torch.Tensor).to(device), torch.from_numpy(present).to(device),
+                        config.infer.scales, config.infer.flip)
+        quantised = (maps * 255).round().to(torch.uint8).cpu().numpy()
+        np.savez_compressed(partial / f"{id_filename(image_id)}.npz", classes=present + 1, cams=quantised)
+    summary = {"n_images": len(source), "scales": config.infer.scales, "flip": config.infer.flip,
+               "checkpoint": str(checkpoint), "wall_time_s": time.perf_counter() - t0, "config": config.to_dict()}
+    atomic_write_json(partial / "cams.json", summary)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    partial.rename(out_dir)
+    return summary
+
+
+def read_cams(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(classes int64 (n,), cams float32 (n, H, W) in [0, 1]) from one ``<id>.npz``."""
+    try:
+        with np.load(path) as data:
+            return data["classes"].astype(np.int64), data["cams"].astype(np.float32) / 255.0
+    except FileNotFoundError:
+        raise ConfigError(f"--cams: CAM file not found: {path}") from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"--cams: {path} is not a CAM file of `cct cam infer` ({exc})") from exc

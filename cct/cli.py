@@ -27,6 +27,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as exc:
         print(f"cct train: {exc}", file=sys.stderr)
         return 143
+    if not metrics:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(f"mIoU {metrics['miou']:.2f} (best {metrics['best_miou']:.2f} at {metrics['best_iteration']}) -> {args.out}/metrics.json")
     return 0
 
@@ -43,11 +45,23 @@ def _load_checkpoint(path: str):
         state = torch.load(path, map_location="cpu", weights_only=True)
         config = from_dict(state["config"])
         config.model.pretrained = False  # the checkpoint holds the weights
-        model = CCT(config.model, {"main": len(state["class_names"])}, {"main": state["background_classes"]})
+        domains = state.get("domains") or {
+            "main": {"class_names": state["class_names"], "background_classes": state["background_classes"]}}
+        model = CCT(config.model, {n: len(d["class_names"]) for n, d in domains.items()},
+                    {n: d["background_classes"] for n, d in domains.items()})
         model.load_state_dict(state["model"])
     except Exception as exc:  # torch.load raises many types (UnpicklingError, IndexError, ...) on foreign files
         raise ConfigError(f"--checkpoint: {path} is not a cct checkpoint ({str(exc).splitlines()[0]})") from exc
     return model.eval(), config
+
+
+def _domain(model, config, name: str | None) -> tuple[str, object]:
+    """(domain name, its DataConfig) of a checkpoint: ``name`` or its first domain."""
+    names = config.domain_names()
+    name = name or names[0]
+    if name not in names or name not in model.heads:
+        raise ConfigError(f"--domain: {name!r} is not a domain of this checkpoint (its domains: {names})")
+    return name, config.domains[names.index(name)]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -59,13 +73,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cct.data.base import load_source
 
     model, config = _load_checkpoint(args.checkpoint)
-    if args.config or args.overrides:
+    name, data = _domain(model, config, args.domain)
+    if args.config or args.overrides:  # the data section to evaluate on (a file's, or the checkpoint's with overrides)
         data = load_config(args.config, args.overrides).data if args.config else from_dict(
-            config.to_dict(), args.overrides).data
-        config.data = data
-    source = load_source(config.data, args.split)
-    result = evaluate(model, source, torch.device("cpu"))
-    result.update(eval_protocol=PROTOCOL, split=args.split, checkpoint=str(args.checkpoint))
+            {**config.to_dict(), "data": vars(data) | {"name": None}, "extra_domains": []}, args.overrides).data
+    source = load_source(data, args.split)
+    result = evaluate(model, source, torch.device("cpu"), domain=name)
+    result.update(eval_protocol=PROTOCOL, split=args.split, checkpoint=str(args.checkpoint), domain=name)
     if args.out:
         atomic_write_json(args.out, result)
     print(f"mIoU {result['miou']:.2f} on {source.name} ({len(source)} images)")
@@ -81,7 +95,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cct.data.transforms import normalize, to_tensors
     from cct.evaluate import predict_image
 
-    model, _ = _load_checkpoint(args.checkpoint)
+    model, config = _load_checkpoint(args.checkpoint)
+    name, _ = _domain(model, config, args.domain)
     images = Path(args.images)
     if not images.is_dir():
         raise ConfigError(f"--images: not a directory: {images}")
@@ -98,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"--images: cannot read {path} ({exc})") from exc
         image, _ = to_tensors(array, np.zeros(array.shape[:2], dtype=np.int64))
-        pred = predict_image(model, norm(image).as_subclass(torch.Tensor)[None], model.stride)[0]
+        pred = predict_image(model, norm(image).as_subclass(torch.Tensor)[None], model.stride, name)[0]
         mask = Image.fromarray(pred.numpy().astype(np.uint8), mode="P")
         mask.putpalette(palette)
         mask.save(out / f"{path.stem}.png")
@@ -182,12 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     _add_config_args(p, required=False)
     p.add_argument("--split", default="val")
+    p.add_argument("--domain", default=None, help="the domain to evaluate (a multi-domain checkpoint; default: its first)")
     p.add_argument("--out", default=None, help="write scores as JSON")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="colour-coded PNG masks for a folder of images")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--images", required=True)
+    p.add_argument("--domain", default=None, help="whose decoder predicts (a multi-domain checkpoint; default: its first)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_predict)
 

@@ -47,6 +47,9 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes (0 = in the main process)
     # classes that count as background/context for the guided perturbations; None = dataset default
     background_classes: list[int] | None = None
+    # the domain's key: names its decoder set in the model and its scores in metrics.json;
+    # None = "main" for `data`, the dataset's name for an extra domain (embedded: embedded_<domain>)
+    name: str | None = None
 
 
 @dataclass
@@ -141,13 +144,40 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     weak: WeakConfig = field(default_factory=WeakConfig)
+    # further domains trained jointly with `data` (paper Sec. 3.5): one shared encoder, a decoder
+    # set per domain over its own classes, every domain's batches in every iteration
+    extra_domains: list[DataConfig] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
 
+    @property
+    def domains(self) -> list[DataConfig]:
+        """Every domain's data config, `data` first."""
+        return [self.data, *self.extra_domains]
+
+    def domain_names(self) -> list[str]:
+        """The domains' keys (see ``DataConfig.name``), in the order of :attr:`domains`."""
+        names = [self.data.name or "main"]
+        for d in self.extra_domains:
+            names.append(d.name or (f"embedded_{d.domain}" if d.dataset == "embedded" else d.dataset))
+        return names
+
     def validate(self) -> "RunConfig":
         """Check value ranges and choices; raise ConfigError naming the key."""
-        _choice("data.dataset", self.data.dataset, ("embedded", "voc", "cityscapes", "camvid", "sunrgbd"))
+        for i, extra in enumerate(self.extra_domains):
+            _validate_data(extra, f"extra_domains[{i}].", self.model.output_stride)
+        names = self.domain_names()
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                raise ConfigError(
+                    f"extra_domains[{i - 1}].name: {name!r} is already the name of another domain; give each a distinct name"
+                )
+            if not name or "/" in name or "@" in name:
+                raise ConfigError(f"{'data' if i == 0 else f'extra_domains[{i - 1}]'}.name: {name!r} is not a valid domain name")
+        if self.extra_domains and self.weak.pseudo_labels is not None:
+            raise ConfigError("weak.pseudo_labels: weak labels are implemented for a single domain; remove extra_domains")
+        _validate_data(self.data, "data.", self.model.output_stride)
         _choice("model.encoder", self.model.encoder, ("small", "resnet50", "resnet101"))
         _choice("model.decoder", self.model.decoder, ("pixelshuffle", "bilinear"))
         _choice("model.output_stride", self.model.output_stride, (4, 8, 16))
@@ -156,8 +186,6 @@ class RunConfig:
         _choice("train.mode", self.train.mode, ("supervised", "semi"))
         _choice("train.device", self.train.device, ("auto", "cpu", "cuda"))
         for key, value in [
-            ("data.n_labeled", self.data.n_labeled),
-            ("data.crop_size", self.data.crop_size),
             ("train.iterations", self.train.iterations),
             ("train.batch_size_labeled", self.train.batch_size_labeled),
             ("train.batch_size_unlabeled", self.train.batch_size_unlabeled),
@@ -173,9 +201,6 @@ class RunConfig:
         ]:
             if value < 2:  # batch norm (PSP's 1x1 pooling branch) needs two samples per batch
                 raise ConfigError(f"{key}: must be >= 2 (batch norm needs more than one sample), got {value}")
-        lo, hi = self.data.scale_range
-        if not 0 < lo <= hi:
-            raise ConfigError(f"data.scale_range: need 0 < lo <= hi, got {[lo, hi]}")
         for key, value in [
             ("optim.lr", self.optim.lr),
             ("loss.softmax_temp", self.loss.softmax_temp),
@@ -196,12 +221,6 @@ class RunConfig:
         lo, hi = self.model.perturbation.feature_drop_range
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"model.perturbation.feature_drop_range: need 0 < lo <= hi <= 1, got {[lo, hi]}")
-        if self.data.crop_size % self.model.output_stride:
-            raise ConfigError(
-                f"data.crop_size: {self.data.crop_size} is not a multiple of model.output_stride={self.model.output_stride}"
-            )
-        if (self.data.labeled_list is None) != (self.data.unlabeled_list is None):
-            raise ConfigError("data.labeled_list and data.unlabeled_list: give both or neither")
         if self.weak.pseudo_labels is not None and self.train.mode != "semi":
             raise ConfigError(
                 "weak.pseudo_labels: the weak loss trains the auxiliary decoders on unlabelled images; "
@@ -226,12 +245,12 @@ class CamModelConfig:
 
 @dataclass
 class CamTrainConfig:
-    iterations: int = 1500
+    iterations: int = 3000  # the paper: 5 epochs (3310 iterations on VOC)
     batch_size: int = 16
     # whole embedded scenes (64 px), shrunk at most: a crop could cut out a labelled object
     crop_size: int = 64  # the paper: 512
     scale_range: tuple[float, float] = (0.75, 1.0)  # random rescale of the long side (the paper: 320-640 px)
-    lr: float = 0.05  # backbone; the paper: 0.1
+    lr: float = 0.1  # backbone (the paper's)
     classifier_lr_factor: float = 10.0  # the paper: classifier at 10x (1.0)
     momentum: float = 0.9  # the paper (IRN's PolyOptimizer): 0
     weight_decay: float = 1e-4
@@ -292,6 +311,21 @@ class CamRunConfig:
         return self
 
 
+def _validate_data(data: DataConfig, prefix: str, output_stride: int) -> None:
+    """Checks of one domain's data section; ``prefix`` (``data.``, ``extra_domains[0].``) names it."""
+    _choice(f"{prefix}dataset", data.dataset, ("embedded", "voc", "cityscapes", "camvid", "sunrgbd"))
+    for key in ("n_labeled", "crop_size"):
+        if getattr(data, key) < 1:
+            raise ConfigError(f"{prefix}{key}: must be >= 1, got {getattr(data, key)}")
+    lo, hi = data.scale_range
+    if not 0 < lo <= hi:
+        raise ConfigError(f"{prefix}scale_range: need 0 < lo <= hi, got {[lo, hi]}")
+    if data.crop_size % output_stride:
+        raise ConfigError(f"{prefix}crop_size: {data.crop_size} is not a multiple of model.output_stride={output_stride}")
+    if (data.labeled_list is None) != (data.unlabeled_list is None):
+        raise ConfigError(f"{prefix}labeled_list and {prefix}unlabeled_list: give both or neither")
+
+
 def _choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
@@ -329,6 +363,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
             return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(annotation):  # a list item: a mapping over the dataclass's defaults
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        item = annotation()
+        _merge(item, value, f"{key}.")
+        return item
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -71,6 +71,15 @@ def res(kind, key):
     return config["resources"][kind][key]
 
 
+def train_launcher():
+    """`cct`, or with more than one GPU per training one process per GPU under torchrun
+    (DistributedDataParallel, synchronised batch norm; cct/distributed.py)."""
+    gpus = res("train", "gpu")
+    if gpus <= 1:
+        return "cct"
+    return f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m cct"
+
+
 def runs_of(setting=None):
     return [r for r in RUNS if setting is None or r.setting == setting]
 
@@ -109,6 +118,12 @@ def run_cct_config(wildcards):
     return grid.workflow_run_config(config, grid.Run.from_wildcards(wildcards))
 
 
+def run_lists(wildcards):
+    """The split lists a run trains on: its dataset's, or every member's (a joint run)."""
+    lists = grid.run_split_lists(config, grid.Run.from_wildcards(wildcards))
+    return [path for pair in lists.values() for path in (pair["labeled"], pair["unlabeled"])]
+
+
 def user_lists(wildcards):
     """The user's list pair for this split (validated and copied), or nothing (drawn by cct)."""
     entry = grid.user_split(config, wildcards.dataset, int(wildcards.labels), int(wildcards.split))
@@ -119,6 +134,15 @@ def split_source(wildcards, input):
     if input.lists:
         return "--from-lists " + " ".join(shlex.quote(p) for p in input.lists)
     return f"--n-labeled {int(wildcards.labels)} --split-seed {int(wildcards.split)}"
+
+
+def pairing_args(wildcards):
+    """`--pairing NAME=A,B ...` for the multi-domain table and figure (which datasets a pairing joins);
+    nothing for the other settings."""
+    if wildcards.setting != "multi_domain":
+        return ""
+    pairs = [f"{name}={','.join(members)}" for name, members in grid.pairings(config).items()]
+    return " ".join(f"--pairing {shlex.quote(pair)}" for pair in pairs)
 
 
 def weak_inputs(wildcards):

@@ -1,7 +1,8 @@
 # One job per run of the grid: `cct train` into the run directory
 #   {results}/runs/{dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}/
 # holding overrides.yaml (what the workflow asks for), config.yaml (cct's resolved config),
-# metrics.json, checkpoint.pt, tb/ and train.log.
+# metrics.json, checkpoint.pt, tb/ and train.log. A joint run of the multi-domain setting lives under
+# its pairing's name ({dataset} = the pairing) and reads the split lists of every member dataset.
 #
 # Snakemake deletes a job's declared outputs before it starts, so the resume state lives outside
 # them, in {results}/resume/<run>/: an interrupted run resumes from its last checkpoint when the
@@ -38,8 +39,7 @@ rule run_config:
 rule train:
     input:
         config=rules.run_config.output[0],
-        labeled=f"{SPLIT_DIR}/labeled.txt",
-        unlabeled=f"{SPLIT_DIR}/unlabeled.txt",
+        lists=run_lists,
         weak=weak_inputs,
     output:
         metrics=f"{RUN_DIR}/metrics.json",
@@ -49,6 +49,8 @@ rule train:
     params:
         out=lambda wildcards, output: os.path.dirname(output.metrics),
         resume=f"{R}/resume/{RUN}",
+        launch=train_launcher(),
+        threads_per_process=lambda wildcards, threads: max(1, threads // max(1, res("train", "gpu"))),
     log:
         f"{RUN_DIR}/train.log",
     benchmark:
@@ -61,7 +63,8 @@ rule train:
     conda:
         ENV
     shell:
-        "cct train --config {input.config:q} --set train.threads={threads} --out {params.out:q}"
+        "{params.launch} train --config {input.config:q} --set train.threads={params.threads_per_process}"
+        " --out {params.out:q}"
         " --resume-dir {params.resume:q} > {log:q} 2>&1"
         " && rm -rf {params.resume:q}"
 

@@ -159,5 +159,5 @@ class DecoderBank(nn.Module):
         return self._run(x, self.count, native=native)
 
     def decode_one(self, x: torch.Tensor, index: int, native: bool = False) -> torch.Tensor:
-        """Decoder ``index`` alone on (B, C_z, h, w) -> (B, K, ...), in x's dtype (float64 for the VAT probe)."""
+        """Decoder ``index`` alone on (B, C_z, h, w) -> (B, K, ...), in x's dtype (a float64 check of the VAT probe)."""
         return self._run(x, 1, slice(index, index + 1), native)[:, 0]

@@ -243,6 +243,32 @@ def test_vat_perturbation_has_norm_eps_and_is_adversarial_at_the_paper_xi(seed):
     assert all(p.grad is None for p in bank.parameters())
 
 
+@pytest.mark.parametrize("upsampling", ["pixelshuffle", "bilinear"])
+def test_vat_direction_is_the_small_xi_limit_of_the_float64_finite_difference(upsampling):
+    """The probe computes H d (H = J^T F J) in float32; a literal float64 finite difference of the
+    KL at the paper's xi = 1e-6 points the same way (one power iteration from the same start)."""
+    torch.manual_seed(0)
+    bank = DecoderBank(32, 5, 4, 1, upsampling)
+
+    def decoder(v):
+        return bank.decode_one(v, 0, native=True)
+
+    z = torch.randn(2, 32, 6, 6).relu() + 0.05
+    d = P._per_sample_normalize(torch.rand_like(z) - 0.5)
+    fast = P._kl_probe(decoder, z, d, xi=1e-6)
+    z64, d64 = z.double(), d.double().requires_grad_(True)
+    target = F.softmax(decoder(z64), dim=1).detach()
+    distance = F.kl_div(F.log_softmax(decoder(z64 + 1e-6 * d64), dim=1), target, reduction="sum")
+    (slow,) = torch.autograd.grad(distance, d64)
+    # the finite difference is xi^2 H d: rescaled (cosine_similarity clamps norms below 1e-8)
+    cosine = F.cosine_similarity(fast.flatten(1).double(), slow.flatten(1) / 1e-12, dim=1)
+    assert (cosine > 0.9999).all(), cosine
+    torch.testing.assert_close(fast.flatten(1).norm(dim=1).double(), slow.flatten(1).norm(dim=1) / 1e-12, rtol=1e-3, atol=0)
+    # a large xi takes the finite difference itself, in float32
+    big = P._kl_probe(decoder, z, d, xi=0.5)
+    assert big.shape == z.shape and big.dtype == torch.float32
+
+
 def test_vat_output_passes_gradients_to_z_unchanged():
     bank = DecoderBank(8, 3, 2, 1)
     z = (torch.rand(1, 8, 4, 4) + 0.1).requires_grad_(True)

@@ -1,6 +1,11 @@
 """Every run's ``metrics.json`` into one tidy table: a row per run (``runs.csv``) and a row per
 periodic evaluation (``history.csv``).
 
+A run over several domains (a joint run of the multi-domain setting: ``metrics.json`` has more than
+one entry under ``domains``) also gets, per domain ``<name>``, the columns ``miou@<name>``,
+``best_miou@<name>``, ``pixel_accuracy@<name>``, ``cct_dataset@<name>`` and ``domain@<name>``, and a
+``domains`` column listing the names (``;``-separated); its ``miou`` is the mean over its domains.
+
 The grid coordinates (dataset, setting, method, labels, split, seed) come from the run's path,
 ``.../{dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}/metrics.json``; a metrics file
 that disagrees with its path (label count, split seed, training seed) is an error.
@@ -79,6 +84,15 @@ def read_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         wall_time_s=_number(metrics.get("wall_time_s")),
         device=metrics.get("device"),
     )
+    domains = metrics.get("domains") or {}
+    if len(domains) > 1:
+        row["domains"] = ";".join(domains)
+        for name, scores in domains.items():
+            row[f"miou@{name}"] = _number(scores.get("miou"))
+            row[f"best_miou@{name}"] = _number(scores.get("best_miou"))
+            row[f"pixel_accuracy@{name}"] = _number(scores.get("pixel_accuracy"))
+            row[f"cct_dataset@{name}"] = scores.get("dataset")
+            row[f"domain@{name}"] = scores.get("domain")
     for name, value in (metrics.get("per_class_iou") or {}).items():
         row[f"iou_{name}"] = _number(value)
     row["path"] = str(path.parent)
@@ -97,7 +111,9 @@ def collect(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise ValueError("no metrics.json given")
     runs = pd.DataFrame(rows)
     iou = [c for c in runs.columns if c.startswith("iou_")]  # first-seen (class) order
-    runs = runs[KEY_COLUMNS + METRIC_COLUMNS + iou + ["path"]]
+    per_domain = [c for c in runs.columns if "@" in c]  # first-seen (domain) order
+    domains = ["domains"] if "domains" in runs.columns else []
+    runs = runs[KEY_COLUMNS + METRIC_COLUMNS + domains + per_domain + iou + ["path"]]
     runs = runs.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)
     hist = pd.DataFrame(history, columns=None if history else KEY_COLUMNS + ["iteration", "val_miou"])
     if not hist.empty:

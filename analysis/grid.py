@@ -16,6 +16,12 @@ Its cct config is the deep merge, later winning, of
 
 The keys of step 5 and ``train.mode`` belong to the grid: a config that sets them in 1-3 is refused.
 
+The ``multi_domain`` setting adds joint runs: one model over every member dataset of a pairing
+(``settings.multi_domain.pairings``), stored under the pairing's name in place of a dataset key. Its
+config is that of its first member (steps 1-5) with ``data.name`` set to the member's key, and each
+further member as an entry of ``extra_domains`` (that member's data section, its own split lists,
+the same label count and split seed); see :func:`run_config`.
+
 Two runs of different settings can resolve to the same cct config (the ablation's ``supervised`` and
 ``all`` at a label count of the curve are the curve's ``supervised`` and ``cct``); the grid trains
 such a config once, and the other run is an alias of it (see :func:`canonical_runs`).
@@ -38,18 +44,23 @@ PAPER_AUX = dataclasses.asdict(AuxConfig())
 
 # Settings implemented here (a new one needs an entry in SETTING_METHODS, a schema entry and a
 # table/plot kind).
-SETTINGS = ("label_fraction", "perturbation_ablation", "weak_labels")
+SETTINGS = ("label_fraction", "perturbation_ablation", "weak_labels", "multi_domain")
+# the multi-domain setting's joint methods: one model over every member of a pairing
+JOINT_METHODS = {"joint_supervised": "supervised", "joint_cct": "cct"}  # joint method -> its training
 SETTING_METHODS = {
     "label_fraction": ("supervised", "cct"),
     "perturbation_ablation": ("supervised", *PERTURBATIONS, "all"),
     "weak_labels": ("supervised", "cct", "cct_weak"),
+    "multi_domain": ("supervised", "cct", *JOINT_METHODS),
 }
-METHOD_ORDER = ("supervised", "cct", "cct_weak", *PERTURBATIONS, "all")
+METHOD_ORDER = ("supervised", "cct", "cct_weak", *JOINT_METHODS, *PERTURBATIONS, "all")
 # Display names (the paper's names of the perturbations, Section 3.2).
 METHOD_NAMES = {
     "supervised": "Supervised",
     "cct": "CCT",
     "cct_weak": "CCT + image-level labels",
+    "joint_supervised": "Supervised (joint)",
+    "joint_cct": "CCT (joint)",
     "vat": "I-VAT",
     "dropout": "DropOut",
     "cutout": "G-Cutout",
@@ -63,6 +74,7 @@ SETTING_NAMES = {
     "label_fraction": "mIoU against the number of labelled images",
     "perturbation_ablation": "Per-perturbation ablation",
     "weak_labels": "Image-level labels as pseudo pixel labels for the auxiliary decoders",
+    "multi_domain": "Multiple domains: one shared encoder, a main and auxiliary decoders per domain",
 }
 
 # cct keys the workflow sets for every run from the grid point; refused in the config's cct mappings.
@@ -75,6 +87,8 @@ GRID_KEYS = (
     "train.mode",
     "train.threads",
     "weak.pseudo_labels",
+    "data.name",
+    "extra_domains",
 )
 # data.* keys that change how images are fed to training but not which images exist; they are left
 # out of a dataset's split config so that changing them does not redraw (and rerun) every split.
@@ -201,6 +215,9 @@ def expand_runs(config: Mapping[str, Any]) -> list[Run]:
                 raise GridError(
                     f"settings.{setting}.methods: {method!r} is not one of {list(SETTING_METHODS[setting])}"
                 )
+        if setting == "multi_domain":
+            runs.update(multi_domain_runs(config))
+            continue
         for dataset in datasets_for(config, setting):
             for labels in label_counts_for(config, setting, dataset):
                 for split in config["datasets"][dataset]["split_seeds"]:
@@ -210,9 +227,105 @@ def expand_runs(config: Mapping[str, Any]) -> list[Run]:
     return sorted(runs)
 
 
-def splits_needed(runs: Iterable[Run]) -> list[tuple[str, int, int]]:
-    """(dataset, labels, split) of every split list the runs read."""
-    return sorted({(r.dataset, r.labels, r.split) for r in runs})
+def pairings(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``settings.multi_domain.pairings`` (pairing name -> member dataset keys), checked: a name is
+    not a dataset key (the two would share ``runs/<name>/``), a pairing has two or more distinct
+    members, each a key of ``datasets``. A pairing set to null is left out."""
+    spec = config["settings"].get("multi_domain") or {}
+    out: dict[str, list[str]] = {}
+    for name, members in (spec.get("pairings") or {}).items():
+        if members is None:  # dropped (a later --configfile removing a pairing of an earlier one)
+            continue
+        where = f"settings.multi_domain.pairings.{name}"
+        if name in config["datasets"]:
+            raise GridError(
+                f"{where}: {name!r} is also a key of datasets; a pairing's joint runs live under runs/{name}/, "
+                "where that dataset's runs live: give the pairing another name"
+            )
+        members = list(members or [])
+        if len(members) < 2:
+            raise GridError(f"{where}: a pairing needs at least two datasets, got {members}")
+        for member in members:
+            if member not in config["datasets"]:
+                raise GridError(f"{where}: {member!r} is not a key of datasets ({sorted(config['datasets'])})")
+        if len(set(members)) != len(members):
+            raise GridError(f"{where}: a dataset is listed twice ({members}); a pairing joins distinct datasets")
+        out[str(name)] = members
+    return out
+
+
+def pairing_label_counts(config: Mapping[str, Any], name: str, members: list[str]) -> list[int]:
+    """Label counts (per domain) of a pairing: ``settings.multi_domain.label_counts``, or, when that
+    is null, the smallest count that every member lists in its ``label_counts``."""
+    counts = config["settings"]["multi_domain"].get("label_counts")
+    if counts:
+        return sorted({int(n) for n in counts})
+    common = set.intersection(*({int(n) for n in config["datasets"][m]["label_counts"]} for m in members))
+    if not common:
+        raise GridError(
+            f"settings.multi_domain.label_counts: null takes the smallest label count that every member of "
+            f"pairing {name!r} ({members}) lists in datasets.<d>.label_counts, and they share none; "
+            "give settings.multi_domain.label_counts"
+        )
+    return [min(common)]
+
+
+def pairing_split_seeds(config: Mapping[str, Any], name: str, members: list[str]) -> list[int]:
+    """Split draws of a pairing: the split seeds every member has (in its first member's order)."""
+    others = [set(config["datasets"][m]["split_seeds"]) for m in members[1:]]
+    seeds = [int(s) for s in config["datasets"][members[0]]["split_seeds"] if all(s in o for o in others)]
+    if not seeds:
+        raise GridError(
+            f"settings.multi_domain.pairings.{name}: its datasets {members} share no split seed "
+            "(datasets.<d>.split_seeds); the joint runs draw each member's split with the same seed"
+        )
+    return seeds
+
+
+def multi_domain_runs(config: Mapping[str, Any]) -> set[Run]:
+    """The runs of the multi-domain setting: per pairing, label count, split draw and training seed,
+    each member alone (``supervised``, ``cct``; the label-count curve's runs when their configs are
+    equal) and the pairing jointly (``joint_supervised``, ``joint_cct``, named by the pairing)."""
+    spec = config["settings"]["multi_domain"]
+    found = pairings(config)
+    if not found:
+        raise GridError("settings.multi_domain.pairings: the setting is enabled but names no pairing")
+    runs = set()
+    for name, members in found.items():
+        for labels in pairing_label_counts(config, name, members):
+            for split in pairing_split_seeds(config, name, members):
+                for seed in seeds_for(config, "multi_domain"):
+                    for method in spec["methods"]:
+                        for dataset in [name] if method in JOINT_METHODS else members:
+                            runs.add(Run(dataset, "multi_domain", method, int(labels), int(split), int(seed)))
+    return runs
+
+
+def is_joint(run: Run) -> bool:
+    """A joint run of the multi-domain setting (its ``dataset`` is a pairing name)."""
+    return run.method in JOINT_METHODS
+
+
+def run_domains(config: Mapping[str, Any], run: Run) -> list[str]:
+    """The dataset keys a run trains on: its dataset, or every member of its pairing (joint runs)."""
+    if not is_joint(run):
+        return [run.dataset]
+    members = pairings(config).get(run.dataset)
+    if members is None:
+        raise GridError(f"{run.path}: {run.dataset!r} is not a pairing of settings.multi_domain.pairings")
+    return members
+
+
+def splits_needed(runs: Iterable[Run], config: Mapping[str, Any] | None = None) -> list[tuple[str, int, int]]:
+    """(dataset, labels, split) of every split list the runs read (a joint run reads every member's;
+    ``config`` names them and is needed when there are joint runs)."""
+    needed = set()
+    for run in runs:
+        if is_joint(run) and config is None:
+            raise ValueError(f"{run.path}: a joint run's split lists depend on its pairing: pass the config")
+        for dataset in run_domains(config, run) if is_joint(run) else [run.dataset]:
+            needed.add((dataset, run.labels, run.split))
+    return sorted(needed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,8 +371,17 @@ def method_overrides(method: str, aux: Mapping[str, int]) -> dict[str, Any]:
 
 
 def run_config(config: Mapping[str, Any], run: Run, labeled_list: str | None = None,
-               unlabeled_list: str | None = None) -> dict[str, Any]:
-    """The nested cct config (overrides of cct's defaults) that one run trains with."""
+               unlabeled_list: str | None = None, *,
+               lists: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+    """The nested cct config (overrides of cct's defaults) that one run trains with.
+
+    The split lists are ``labeled_list``/``unlabeled_list``, or ``lists[<dataset key>]`` (a mapping
+    with ``labeled`` and ``unlabeled``), which a joint run needs for each member; without either the
+    config has no list keys (``cct`` then draws the split itself from n_labeled and split_seed)."""
+    if is_joint(run):
+        return _joint_run_config(config, run, lists)
+    if labeled_list is None and lists is not None and run.dataset in lists:
+        labeled_list, unlabeled_list = lists[run.dataset]["labeled"], lists[run.dataset]["unlabeled"]
     base = base_cct(config, run.dataset, run.setting)
     point: dict[str, Any] = {
         "data": {"n_labeled": run.labels, "split_seed": run.split},
@@ -270,6 +392,27 @@ def run_config(config: Mapping[str, Any], run: Run, labeled_list: str | None = N
     if run.method == "cct_weak":
         point["weak"] = {"pseudo_labels": weak_paths(config, run.dataset, run.seed)["pseudo_labels"]}
     return deep_merge(base, method_overrides(run.method, aux_counts(base)), point)
+
+
+def _joint_run_config(config: Mapping[str, Any], run: Run, lists: Mapping[str, Mapping[str, str]] | None) -> dict[str, Any]:
+    """A joint run: its first member's config (``cct``, ``datasets.<first>.cct``,
+    ``settings.multi_domain.cct``, the method's keys, the training seed) whose ``data`` is named by
+    the member's key, plus one ``extra_domains`` entry per further member: that member's data section
+    (``cct.data``, ``datasets.<member>.cct.data``, ``settings.multi_domain.cct.data``), named by its
+    key. Every domain gets the run's label count and split seed and its own split lists."""
+    members = run_domains(config, run)
+    base = base_cct(config, members[0], run.setting)
+
+    def domain(member: str) -> dict[str, Any]:
+        point: dict[str, Any] = {"name": member, "n_labeled": run.labels, "split_seed": run.split}
+        if lists is not None and member in lists:
+            point.update(labeled_list=str(lists[member]["labeled"]), unlabeled_list=str(lists[member]["unlabeled"]))
+        return deep_merge(base_cct(config, member, run.setting).get("data"), point)
+
+    tree = deep_merge(base, method_overrides(JOINT_METHODS[run.method], aux_counts(base)),
+                      {"data": domain(members[0]), "train": {"seed": run.seed}})
+    tree["extra_domains"] = [domain(member) for member in members[1:]]
+    return tree
 
 
 def weak_paths(config: Mapping[str, Any], dataset: str, seed: int | str) -> dict[str, str]:
@@ -302,10 +445,14 @@ def split_lists(config: Mapping[str, Any], dataset: str, labels: int | str, spli
     return {"labeled": f"{split_dir}/labeled.txt", "unlabeled": f"{split_dir}/unlabeled.txt"}
 
 
+def run_split_lists(config: Mapping[str, Any], run: Run) -> dict[str, dict[str, str]]:
+    """The split lists a run reads, per dataset key (a joint run: every member's)."""
+    return {d: split_lists(config, d, run.labels, run.split) for d in run_domains(config, run)}
+
+
 def workflow_run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     """A run's cct config as the workflow writes it (its ``overrides.yaml``): with its split lists."""
-    lists = split_lists(config, run.dataset, run.labels, run.split)
-    return run_config(config, run, lists["labeled"], lists["unlabeled"])
+    return run_config(config, run, lists=run_split_lists(config, run))
 
 
 def canonical_runs(config: Mapping[str, Any], runs: Iterable[Run] | None = None) -> dict[Run, Run]:
@@ -393,21 +540,25 @@ def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] 
     runs = expand_runs(config)
     if not runs:
         raise GridError("settings: no setting is enabled, or an enabled setting has no methods/label counts/seeds")
+    if "multi_domain" in enabled_settings(config):
+        check_pairings(config)
     seen_kinds = set()
     for run in runs:
         kind = (run.dataset, run.setting, run.method)
         if kind in seen_kinds:  # the grid point only adds counts, seeds and list paths
             continue
         seen_kinds.add(kind)
-        where = f"cct config of {run.path} (from cct, datasets.{run.dataset}.cct, settings.{run.setting}.cct)"
+        members = run_domains(config, run)
+        sources = ", ".join(f"datasets.{d}.cct" for d in members)
+        where = f"cct config of {run.path} (from cct, {sources}, settings.{run.setting}.cct)"
         try:
-            tree = run_config(config, run, "labeled.txt", "unlabeled.txt")
-            data = tree.get("data") or {}
-            if data.get("dataset", "embedded") != "embedded" and data.get("root") is None:
-                raise GridError(
-                    f"data.root is not set for the {data['dataset']!r} dataset: run with --config data_root=/path/to/it "
-                    f"or set datasets.{run.dataset}.cct.data.root"
-                )
+            tree = workflow_run_config(config, run)  # paths only; nothing is read
+            for member, data in zip(members, [tree.get("data") or {}, *tree.get("extra_domains", [])]):
+                if data.get("dataset", "embedded") != "embedded" and data.get("root") is None:
+                    how = (f"set datasets.{member}.cct.data.root (each dataset of a pairing has its own root: give them "
+                           "in a second --configfile, see config/paper/multidomain.yaml)" if run.setting == "multi_domain"
+                           else f"run with --config data_root=/path/to/it or set datasets.{member}.cct.data.root")
+                    raise GridError(f"data.root is not set for the {data['dataset']!r} dataset: {how}")
             if validate_cct is not None:
                 validate_cct(tree)
         except ValueError as exc:
@@ -430,6 +581,22 @@ def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] 
                 f"datasets.{dataset}.cam): {exc}"
             ) from exc
     return runs
+
+
+def check_pairings(config: Mapping[str, Any]) -> None:
+    """A joint run trains one model with one model/loss/optim/train config, its first member's: the
+    members of a pairing must agree on every cct section but ``data``."""
+    for name, members in pairings(config).items():
+        first = base_cct(config, members[0], "multi_domain")
+        for member in members[1:]:
+            other = base_cct(config, member, "multi_domain")
+            for section in sorted((set(first) | set(other)) - {"data"}):
+                if first.get(section, {}) != other.get(section, {}):
+                    raise GridError(
+                        f"datasets.{member}.cct.{section}: differs from datasets.{members[0]}.cct.{section}, but the "
+                        f"joint runs of pairing {name!r} train one model with one {section} config: set these keys "
+                        "in cct or settings.multi_domain.cct (only data may differ per dataset)"
+                    )
 
 
 def dump_yaml(path: str | Path, tree: Mapping[str, Any]) -> None:

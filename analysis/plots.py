@@ -5,10 +5,14 @@
 - ``perturbation_ablation``: final mIoU per perturbation alone (and all together, and supervised),
   bars with ± one standard deviation and the single runs as dots.
 - ``weak_labels``: the same bars for supervised, CCT and CCT + image-level labels.
+- ``multi_domain``: per pairing and label count, grouped bars: final mIoU on each dataset of the
+  pairing and their mean, one bar per method (each dataset alone, supervised and CCT; jointly,
+  supervised and CCT), ± one standard deviation, single runs as dots.
 - ``curves``: validation mIoU and the training losses against the iteration (from each run's
   ``history``), mean ± one standard deviation over runs.
 
     python -m analysis.plots label_fraction --runs runs.csv --out fig.png fig.pdf
+    python -m analysis.plots multi_domain --runs runs.csv --pairing ab=a,b --out fig.png fig.pdf
     python -m analysis.plots curves --setting label_fraction --history history.csv --out fig.png fig.pdf
 """
 
@@ -25,11 +29,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from analysis.grid import METHOD_NAMES, METHOD_ORDER  # noqa: E402
+from analysis.grid import JOINT_METHODS, METHOD_NAMES, METHOD_ORDER  # noqa: E402
 
 CURVE_METRICS = {"val_miou": "val mIoU (%)", "loss_sup": "supervised loss", "loss_unsup": "consistency loss",
                  "loss_weak": "weak (pseudo-label) loss"}
-PALETTE = dict(zip([METHOD_NAMES[m] for m in METHOD_ORDER], sns.color_palette("tab10", len(METHOD_ORDER))))
+_SINGLE = [m for m in METHOD_ORDER if m not in JOINT_METHODS]
+PALETTE = dict(zip([METHOD_NAMES[m] for m in _SINGLE], sns.color_palette("tab10", len(_SINGLE))))
+# a joint method: the colour of the same training alone, darker
+PALETTE.update({METHOD_NAMES[j]: tuple(0.55 * c for c in PALETTE[METHOD_NAMES[m]]) for j, m in JOINT_METHODS.items()})
 
 
 def _named(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -148,7 +155,35 @@ def plot_weak_labels(runs: pd.DataFrame, paths: Sequence[str | Path]) -> plt.Fig
     return plot_bars(runs, "weak_labels", paths)
 
 
-PLOTS = {"label_fraction": plot_label_fraction, "perturbation_ablation": plot_ablation, "weak_labels": plot_weak_labels}
+def plot_multi_domain(runs: pd.DataFrame, paths: Sequence[str | Path], pairings: dict[str, list[str]] | None = None) -> plt.Figure:
+    """Grouped bars per (pairing, label count): x = each dataset of the pairing and their mean, one bar
+    per method (alone and joint), mean ± one standard deviation over runs, dots: single runs."""
+    from analysis import multidomain
+
+    frame, order = _named(multidomain.bar_frame(runs, pairings))
+    panels = list(dict.fromkeys(zip(frame["pairing"], frame["labels"].astype(int))))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (name, labels) in zip(axes[0], panels):
+        sub = frame[(frame["pairing"] == name) & (frame["labels"] == labels)]
+        x_order = [d for d in dict.fromkeys(sub["domain"]) if d != multidomain.MEAN] + [multidomain.MEAN]
+        sns.barplot(data=sub, x="domain", y="miou", order=x_order, hue="Method", hue_order=order, palette=PALETTE,
+                    errorbar="sd", capsize=0.15, err_kws={"linewidth": 1.0}, ax=ax)
+        sns.stripplot(data=sub, x="domain", y="miou", order=x_order, hue="Method", hue_order=order, dodge=True,
+                      palette={m: "0.15" for m in order}, size=2.5, jitter=0.1, legend=False, ax=ax)
+        n = sub[sub["domain"] == multidomain.MEAN].groupby("method").size()
+        ax.set_title(f"{name}, {labels} labelled images per domain (n = {n.max() if len(n) else 0} runs per bar)")
+        ax.set_xlabel("")
+        ax.set_ylabel("mIoU (%), final iteration")
+        ax.grid(axis="y", alpha=0.3)
+        if ax.get_legend() is not None:  # beside the bars, not over them
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    save(fig, paths)
+    return fig
+
+
+PLOTS = {"label_fraction": plot_label_fraction, "perturbation_ablation": plot_ablation, "weak_labels": plot_weak_labels,
+         "multi_domain": plot_multi_domain}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(kind, help=f"the {kind} figure from runs.csv")
         p.add_argument("--runs", required=True)
         p.add_argument("--out", nargs="+", required=True, help="output files (.png, .pdf)")
+        if kind == "multi_domain":
+            p.add_argument("--pairing", action="append", default=[], metavar="NAME=A,B",
+                           help="a pairing and its datasets (default: inferred from the joint runs)")
     p = sub.add_parser("curves", help="training curves of a setting from history.csv")
     p.add_argument("--setting", required=True)
     p.add_argument("--history", required=True)
@@ -166,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     sns.set_theme(style="ticks", context="paper")
     if args.kind == "curves":
         plot_curves(pd.read_csv(args.history), args.setting, args.out)
+    elif args.kind == "multi_domain":
+        from analysis import multidomain
+
+        plot_multi_domain(pd.read_csv(args.runs), args.out, multidomain.parse_pairings(args.pairing))
     else:
         PLOTS[args.kind](pd.read_csv(args.runs), args.out)
     print(f"{args.kind} -> {' '.join(args.out)}")

@@ -11,6 +11,8 @@ read from ``data/paper_numbers.csv`` (rows with kind ``paper`` only); none is ev
 
     python -m analysis.tables --runs runs.csv --paper data/paper_numbers.csv --setting label_fraction \
         --csv t.csv --md t.md --tex t.tex
+
+The multi-domain setting has its own layout (a column per dataset of a pairing): analysis/multidomain.py.
 """
 
 from __future__ import annotations
@@ -208,7 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", required=True)
     parser.add_argument("--md", required=True)
     parser.add_argument("--tex", required=True)
+    parser.add_argument("--pairing", action="append", default=[], metavar="NAME=A,B",
+                        help="multi_domain: a pairing and its datasets (default: inferred from the joint runs)")
     args = parser.parse_args(argv)
+    if args.setting == "multi_domain":  # its own layout: a column per domain (analysis/multidomain.py)
+        from analysis import multidomain
+
+        summary = multidomain.summarize(pd.read_csv(args.runs), multidomain.parse_pairings(args.pairing),
+                                        load_paper(args.paper))
+        multidomain.write_tables(summary, args.csv, args.md, args.tex)
+        print(f"{len(summary)} rows -> {args.csv}, {args.md}, {args.tex}")
+        return 0
     summary = summarize(pd.read_csv(args.runs), args.setting, load_paper(args.paper))
     write_tables(summary, args.setting, args.csv, args.md, args.tex)
     print(f"{len(summary)} rows -> {args.csv}, {args.md}, {args.tex}")

@@ -58,17 +58,21 @@ def test_default_config_grid(default_config):
 
 
 def test_default_config_trains_each_config_once(default_config):
-    """30 runs, 26 trainings: the ablation's supervised and all runs at its label count have the
+    """48 runs, 36 trainings: the ablation's supervised and all runs at its label count, the weak
+    setting's supervised and cct runs and the multi-domain setting's domain-a runs alone have the
     curve's supervised and cct configs (split lists included) and become aliases of them."""
     config = validated(default_config)
     runs = grid.check_config(config)
     canonical = grid.canonical_runs(config, runs)
-    assert list(canonical) == runs and len(runs) == 30
-    assert len({c for c in canonical.values()}) == 26
+    assert list(canonical) == runs and len(runs) == 48
+    assert len({c for c in canonical.values()}) == 36
     labels = config["settings"]["perturbation_ablation"]["label_count"]
     expected = {
-        Run("embedded", "perturbation_ablation", ablation, labels, 0, seed): Run("embedded", "label_fraction", curve, labels, 0, seed)
-        for ablation, curve in (("supervised", "supervised"), ("all", "cct")) for seed in config["seeds"]
+        Run("embedded", setting, method, labels, 0, seed): Run("embedded", "label_fraction", curve, labels, 0, seed)
+        for setting, pairs in (("perturbation_ablation", (("supervised", "supervised"), ("all", "cct"))),
+                               ("weak_labels", (("supervised", "supervised"), ("cct", "cct"))),
+                               ("multi_domain", (("supervised", "supervised"), ("cct", "cct"))))
+        for method, curve in pairs for seed in config["seeds"]
     }
     assert {r: c for r, c in canonical.items() if r != c} == expected
     for alias, run in expected.items():
@@ -86,6 +90,8 @@ def test_default_config_trains_each_config_once(default_config):
 @pytest.mark.parametrize("setting", ["label_fraction", "perturbation_ablation"])
 def test_no_alias_when_a_setting_config_differs(default_config, setting):
     config = validated(default_config)
+    for other in ("weak_labels", "multi_domain"):  # they share the curve's runs too
+        config["settings"][other]["enabled"] = False
     config["settings"][setting]["cct"] = {"loss": {"unsupervised_w": 10.0}}
     canonical = grid.canonical_runs(config)
     assert len(canonical) == 30 and all(r == c for r, c in canonical.items())

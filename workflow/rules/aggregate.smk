@@ -1,6 +1,7 @@
 # From run directories to tables: one tidy row per run, the paper's tables per setting (CSV,
-# Markdown, LaTeX; mean ± std over seeds and split draws, the paper's number beside), and the cost
-# of the grid from the training jobs' benchmark files.
+# Markdown, LaTeX; mean ± std over seeds and split draws, the paper's number beside; the
+# multi-domain table has a column per dataset of each pairing), and the cost of the grid from the
+# training jobs' benchmark files.
 
 
 rule collect:
@@ -41,6 +42,8 @@ rule table:
         ),
         md=f"{R}/tables/{{setting}}.md",
         tex=f"{R}/tables/{{setting}}.tex",
+    params:
+        pairings=pairing_args,
     log:
         f"{R}/logs/table/{{setting}}.log",
     threads: res("analysis", "threads")
@@ -51,7 +54,7 @@ rule table:
         ENV
     shell:
         "python -m analysis.tables --runs {input.runs:q} --paper {input.paper:q} --setting {wildcards.setting}"
-        " --csv {output.csv:q} --md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"
+        " --csv {output.csv:q} --md {output.md:q} --tex {output.tex:q} {params.pairings} > {log:q} 2>&1"
 
 
 rule runtime:

@@ -1,5 +1,6 @@
 # Figures for the report (`snakemake --report results/report.html`): per setting, the headline plot
-# (mIoU against labelled-image count, or the per-perturbation bars) and the training curves.
+# (mIoU against labelled-image count, the per-method bars, or the multi-domain grouped bars) and the
+# training curves.
 
 
 rule plot:
@@ -14,6 +15,8 @@ rule plot:
             labels={"figure": "{setting}"},
         ),
         pdf=f"{R}/plots/{{setting}}.pdf",
+    params:
+        pairings=pairing_args,
     log:
         f"{R}/logs/plot/{{setting}}.log",
     threads: res("analysis", "threads")
@@ -23,7 +26,8 @@ rule plot:
     conda:
         ENV
     shell:
-        "python -m analysis.plots {wildcards.setting} --runs {input.runs:q} --out {output.png:q} {output.pdf:q} > {log:q} 2>&1"
+        "python -m analysis.plots {wildcards.setting} --runs {input.runs:q} --out {output.png:q} {output.pdf:q}"
+        " {params.pairings} > {log:q} 2>&1"
 
 
 rule plot_curves:

@@ -33,7 +33,7 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from analysis.grid import JOINT_METHODS, METHOD_NAMES, SETTING_NAMES
-from analysis.tables import _join, _latex, _std, fmt_mean_std
+from analysis.tables import _join, _latex, _std, fmt_mean_std, latex_tabular
 
 SETTING = "multi_domain"
 ROWS = ("supervised", "cct", "joint_supervised", "joint_cct")  # the paper's row order
@@ -124,16 +124,22 @@ def _domain_labels(runs: pd.DataFrame, name: str, members: list[str]) -> dict[st
     return labels
 
 
-def summarize(runs: pd.DataFrame, pairings: Mapping[str, list[str]] | None = None,
-              paper: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (pairing, label count, method) with the columns HEAD_COLUMNS, then per member
-    ``<stat>@<member>`` (STATS), then TAIL_COLUMNS."""
+def _select(runs: pd.DataFrame, pairings: Mapping[str, list[str]] | None) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The setting's runs, and the pairings (given, or inferred from the joint runs)."""
     runs = runs[runs["setting"] == SETTING]
     if runs.empty:
         raise ValueError(f"runs.csv has no run of setting {SETTING!r}")
     pairings = dict(pairings or infer_pairings(runs))
     if not pairings:
         raise ValueError("no pairing given (--pairing NAME=A,B) and no joint run to infer one from")
+    return runs, pairings
+
+
+def summarize(runs: pd.DataFrame, pairings: Mapping[str, list[str]] | None = None,
+              paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (pairing, label count, method) with the columns HEAD_COLUMNS, then per member
+    ``<stat>@<member>`` (STATS), then TAIL_COLUMNS."""
+    runs, pairings = _select(runs, pairings)
     rows, domain_order = [], []
     for name, members in pairings.items():
         domain_order += [m for m in members if m not in domain_order]
@@ -258,15 +264,8 @@ def to_latex(summary: pd.DataFrame) -> str:
         table = display_block(rows, members)
         if k:
             lines.append(r"\medskip")
-        lines += [
-            rf"\par\textbf{{{_latex(_title(name, members, labels))}}}\par",
-            rf"\begin{{tabular}}{{l{'r' * (len(table.columns) - 1)}}}",
-            r"\toprule",
-            " & ".join(_latex(c) for c in table.columns) + r" \\",
-            r"\midrule",
-        ]
-        lines += [" & ".join(_latex(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
-        lines += [r"\bottomrule", r"\end{tabular}"]
+        lines.append(rf"\par\textbf{{{_latex(_title(name, members, labels))}}}\par")
+        lines += latex_tabular(table, "l" + "r" * (len(table.columns) - 1))
     lines += [r"\end{table}", ""]
     return "\n".join(lines)
 
@@ -282,12 +281,7 @@ def write_tables(summary: pd.DataFrame, csv: str | Path, md: str | Path, tex: st
 def bar_frame(runs: pd.DataFrame, pairings: Mapping[str, list[str]] | None = None) -> pd.DataFrame:
     """Per-run scores of every pairing for the figure: pairing, labels, method, split, seed, domain
     (a member or MEAN), miou."""
-    runs = runs[runs["setting"] == SETTING]
-    if runs.empty:
-        raise ValueError(f"no run of setting {SETTING!r}")
-    pairings = dict(pairings or infer_pairings(runs))
-    if not pairings:
-        raise ValueError("no pairing given and no joint run to infer one from")
+    runs, pairings = _select(runs, pairings)
     parts = [scores(runs, name, members).assign(pairing=name) for name, members in pairings.items()]
     frame = pd.concat(parts, ignore_index=True)
     if frame.empty:

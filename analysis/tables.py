@@ -176,21 +176,20 @@ def _latex(text: object) -> str:
     return out.replace("±", r"$\pm$").replace("×", r"$\times$")
 
 
+def latex_tabular(table: pd.DataFrame, align: str) -> list[str]:
+    """A booktabs ``tabular`` of a formatted table, as lines."""
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(_latex(c) for c in table.columns) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join(_latex(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
+    return lines + [r"\bottomrule", r"\end{tabular}"]
+
+
 def to_latex(summary: pd.DataFrame, setting: str) -> str:
     table = display_table(summary)
     align = "ll" + "l" + "r" * (len(table.columns) - 3)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{_latex(caption(summary, setting))}}}",
-        rf"\label{{tab:{setting}}}",
-        rf"\begin{{tabular}}{{{align}}}",
-        r"\toprule",
-        " & ".join(_latex(c) for c in table.columns) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join(_latex(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex(caption(summary, setting))}}}",
+             rf"\label{{tab:{setting}}}"]
+    lines += latex_tabular(table, align) + [r"\end{table}", ""]
     return "\n".join(lines)
 
 

@@ -120,7 +120,7 @@ def figure(cam_config: str, cams: str, pseudo: str, checkpoint: str, ids_file: s
     palette = default_palette().astype(np.float32) / 255.0
     columns = ["image", "ground truth", "CAM (max over present classes)", "pseudo label", "CCT + image-level labels"]
     fig, axes = plt.subplots(len(chosen), len(columns), figsize=(2.2 * len(columns), 2.2 * len(chosen)), squeeze=False)
-    for row, name in zip(axes, chosen):
+    for r, (row, name) in enumerate(zip(axes, chosen)):
         image, truth = source.load(position[name])
         _, maps = read_cams(Path(cams) / f"{id_filename(name)}.npz")
         label = read_mask(Path(pseudo) / f"{id_filename(name)}.png")
@@ -132,7 +132,7 @@ def figure(cam_config: str, cams: str, pseudo: str, checkpoint: str, ids_file: s
             ax.imshow(panel, cmap="jet" if panel is heat else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if row is axes[0]:
+            if r == 0:
                 ax.set_title(title, fontsize=8)
         row[0].set_ylabel(name, fontsize=7)
     fig.tight_layout()

@@ -279,6 +279,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
             loss = loss + sup
             if x_u is None:
                 continue
+            m.use_domain(d.name)
             z_u = m.encoder(x_u)
             logits_u = m.decode(z_u, d.name)
             aux = m.auxiliary(z_u, logits_u, d.name, native=True).float()

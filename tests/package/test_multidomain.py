@@ -51,6 +51,28 @@ def test_per_domain_heads_have_their_own_classes_and_gradients():
         model(x, "main")
 
 
+def test_each_domain_keeps_its_own_batch_norm_statistics():
+    from cct.model.cct import DomainBatchNorm
+
+    model = CCT(ModelConfig(width=8), {"day": 9, "night": 9}, {"day": [0], "night": [0]})
+    layers = [m for m in model.encoder.modules() if isinstance(m, DomainBatchNorm)]
+    assert layers and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.modules())
+    bn = layers[0]
+    model.train()
+    model(torch.randn(4, 3, 32, 32) + 3.0, "day")  # a bright domain
+    assert not torch.equal(bn.running_mean_day, torch.zeros_like(bn.running_mean_day))
+    assert torch.equal(bn.running_mean_night, torch.zeros_like(bn.running_mean_night))
+    assert int(bn.num_batches_tracked_day) == 1 and int(bn.num_batches_tracked_night) == 0
+    # evaluation normalises each domain with its own statistics: same input, different outputs
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(model.encoder(x), (model.use_domain("night"), model.encoder(x))[1])
+    # affine parameters are shared, and a single-domain model keeps plain batch norm
+    assert {n for n, _ in bn.named_parameters()} == {"weight", "bias"}
+    single = CCT(ModelConfig(width=8), {"main": 9}, {"main": [0]})
+    assert not any(isinstance(m, DomainBatchNorm) for m in single.modules())
+
+
 def test_every_iteration_draws_from_every_domain_and_each_walks_its_own_images():
     from cct.train import domain_streams, load_domains
 

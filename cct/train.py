@@ -7,6 +7,10 @@ a sigmoid ramp-up. Labelled and unlabelled batches go through the encoder in sep
 official code), so batch-norm statistics of one never mix with the other. ``supervised`` mode
 trains the same model for the same number of iterations without the unlabelled branch.
 
+With ``weak.pseudo_labels`` the unlabelled batch carries pseudo labels (from image-level labels,
+:mod:`cct.weak`) and every auxiliary decoder also learns from them. With ``extra_domains`` each
+iteration does all of this for every domain, with its own decoder set, and sums the losses.
+
 All randomness is a function of (seed, iteration): data order and augmentation through
 :mod:`cct.data.loader`, and perturbations/dropout through a per-iteration reseed of torch's
 generator. Resuming from a checkpoint at iteration i therefore reproduces the uninterrupted run.

@@ -103,7 +103,7 @@ def figure(cam_config: str, cams: str, pseudo: str, checkpoint: str, ids_file: s
     import torch
 
     from analysis.plots import save
-    from cct.cli import _load_checkpoint
+    from cct.cli import load_checkpoint
     from cct.config import CamRunConfig, load_config
     from cct.data.base import default_palette, load_source, read_mask
     from cct.data.transforms import normalize, to_tensors
@@ -112,7 +112,7 @@ def figure(cam_config: str, cams: str, pseudo: str, checkpoint: str, ids_file: s
 
     config = load_config(cam_config, kind=CamRunConfig)
     source = load_source(config.data, "train")
-    model, _ = _load_checkpoint(checkpoint)
+    model, _ = load_checkpoint(checkpoint)
     wanted = [line.strip() for line in Path(ids_file).read_text().splitlines() if line.strip()]
     position = {name: i for i, name in enumerate(source.ids)}
     # images with at least one foreground class, in list order: the first n

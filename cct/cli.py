@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_checkpoint(path: str):
+def load_checkpoint(path: str):
     """(model in eval mode, its RunConfig) from a ``cct train`` checkpoint; ConfigError if it is not one."""
     import torch
 
@@ -72,7 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from cct.data.base import load_source
 
-    model, config = _load_checkpoint(args.checkpoint)
+    model, config = load_checkpoint(args.checkpoint)
     name, data = _domain(model, config, args.domain)
     if args.config or args.overrides:  # the data section to evaluate on (a file's, or the checkpoint's with overrides)
         data = load_config(args.config, args.overrides).data if args.config else from_dict(
@@ -95,7 +95,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cct.data.transforms import normalize, to_tensors
     from cct.evaluate import predict_image
 
-    model, config = _load_checkpoint(args.checkpoint)
+    model, config = load_checkpoint(args.checkpoint)
     name, _ = _domain(model, config, args.domain)
     images = Path(args.images)
     if not images.is_dir():

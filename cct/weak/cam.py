@@ -15,6 +15,7 @@ thresholds' precision; float maps of the VOC training set would take ~6 GB).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -32,6 +33,7 @@ from cct.data.loader import AugmentedDataset, IterationBatchSampler
 from cct.data.transforms import normalize, to_tensors, train_transform
 from cct.io import atomic_torch_save, atomic_write_json
 from cct.model.encoder import SmallEncoder, resnet_backbone
+from cct.train import Interrupted, _StopFlag, iteration_seed, pick_device, versions
 
 log = logging.getLogger("cct.cam")
 
@@ -98,12 +100,6 @@ class _ImageLevel(AugmentedDataset):
         return image, torch.from_numpy(self.source.image_labels[key[0]].astype(np.float32))
 
 
-def _device(name: str) -> torch.device:
-    from cct.train import pick_device
-
-    return pick_device(name)
-
-
 @torch.no_grad()
 def image_level_accuracy(model: CamNet, source: Source, device: torch.device) -> dict[str, float]:
     """Multi-label decisions (logit > 0) against the classes present in the masks of ``source``."""
@@ -128,13 +124,11 @@ def image_level_accuracy(model: CamNet, source: Source, device: torch.device) ->
 def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path | None = None) -> dict:
     """Train the CAM classifier on every training image's image-level labels; write ``config.yaml``,
     ``checkpoint.pt`` and ``metrics.json`` under ``out_dir`` (resume state in ``resume_dir``)."""
-    from cct.train import Interrupted, _StopFlag, iteration_seed
-
     out_dir = Path(out_dir)
     resume_path = Path(resume_dir or out_dir / "resume") / "state.pt"
     tc = config.train
     torch.set_num_threads(tc.threads)
-    device = _device(tc.device)
+    device = pick_device(tc.device)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     source = load_source(config.data, "train")
@@ -154,7 +148,7 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
             start, history, elapsed = state["iteration"], state["history"], state["elapsed"]
             log.info("resuming from %s at iteration %d", resume_path, start)
     data = config.data
-    data_cfg = type(data)(**{**vars(data), "crop_size": tc.crop_size, "scale_range": tc.scale_range})
+    data_cfg = dataclasses.replace(data, crop_size=tc.crop_size, scale_range=tc.scale_range)
     transform = train_transform(data_cfg, max(source.load(0)[0].shape[:2]))
     sampler = IterationBatchSampler(list(range(len(source))), tc.batch_size, tc.seed, "labeled", start, tc.iterations)
     batches = DataLoader(_ImageLevel(source, transform), batch_sampler=sampler, num_workers=data.num_workers)
@@ -200,7 +194,7 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
         "wall_time_s": elapsed + time.perf_counter() - t0,
         "device": str(device),
         "config": config_dict,
-        "versions": _versions(),
+        "versions": versions(),
     }
     save_config(config, out_dir / "config.yaml")
     atomic_torch_save({"model": model.state_dict(), "config": config_dict, "class_names": list(source.class_names)},
@@ -209,12 +203,6 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
     if start < tc.iterations:
         save_state(tc.iterations)
     return metrics
-
-
-def _versions() -> dict[str, str]:
-    from cct.train import versions
-
-    return versions()
 
 
 def load_cam(path: str | Path) -> tuple[CamNet, CamRunConfig]:
@@ -274,7 +262,7 @@ def infer_cams(checkpoint: str | Path, out_dir: str | Path, overrides: list[str]
     model, config = load_cam(checkpoint)
     if overrides:
         config = from_dict(config.to_dict(), overrides, kind=CamRunConfig)
-    device = _device(config.train.device)
+    device = pick_device(config.train.device)
     torch.set_num_threads(config.train.threads)
     model.to(device)
     source = load_source(config.data, "train")

@@ -89,7 +89,7 @@ def write_pngs(folder, sizes=((64, 64), (50, 45))):
 
 
 def test_predict_writes_one_palette_png_per_image_of_the_same_size(tiny_checkpoint, tmp_path):
-    from cct.cli import _load_checkpoint
+    from cct.cli import load_checkpoint
     from cct.data.transforms import normalize, to_tensors
     from cct.evaluate import predict_image
 
@@ -99,7 +99,7 @@ def test_predict_writes_one_palette_png_per_image_of_the_same_size(tiny_checkpoi
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in (tmp_path / "masks").iterdir())
     assert written == ["scene0.png", "scene1.png"]
-    model = _load_checkpoint(str(tiny_checkpoint))[0]
+    model = load_checkpoint(str(tiny_checkpoint))[0]
     palette = default_palette()
     for i, array in enumerate(arrays):
         mask = Image.open(tmp_path / "masks" / f"scene{i}.png")

@@ -51,8 +51,13 @@ def measure(name: str, threads: int, steps: int | None = None) -> dict[str, floa
             z = model.encoder(x_u)
             logits_u = model.decode(z)
             if mode == "semi":
-                aux = model.auxiliary(z, logits_u, native=True)
-                loss = loss + losses.consistency_loss(aux, model.to_native(logits_u))
+                target = torch.softmax(model.to_native(logits_u.detach()), 1).unsqueeze(1)
+
+                def terms(aux, rows):
+                    total, count = losses.consistency_sums(aux, target[..., rows, :])
+                    return total[None], count[None]
+
+                loss = loss + model.auxiliary_objective(z, logits_u, terms)[0]
             else:  # the unlabelled pass without auxiliary decoders, to isolate their cost
                 loss = loss + 0.0 * logits_u.mean()
         optimizer.zero_grad(set_to_none=True)

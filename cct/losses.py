@@ -1,6 +1,11 @@
 """Losses of CCT as pure functions: supervised CE and annealed-bootstrapped CE, the consistency
 losses between auxiliary and main predictions (MSE, KL, JS) with optional confidence masking, the
-pair-wise loss of the supplementary material, and the ramp-ups."""
+pair-wise loss of the supplementary material, and the ramp-ups.
+
+The losses over auxiliary outputs also come as ``*_sums`` -> (sum, count), the loss being sum /
+count: both add over disjoint sets of pixels, so the training loop can evaluate them chunk by chunk
+of the decoders' output (:meth:`cct.model.decoders.DecoderBank.objective`) and never hold all 30
+full-resolution outputs."""
 
 from __future__ import annotations
 
@@ -56,14 +61,14 @@ def annealed_bootstrapped_ce(
     return loss[keep].mean()
 
 
-class _SoftmaxMSE(torch.autograd.Function):
-    """mean((softmax(a, dim=2) - t)^2) over all elements of a (B, N, K, ...), t (B, 1, K, ...).
+class _SoftmaxSquaredError(torch.autograd.Function):
+    """sum((softmax(a, dim=2) - t)^2) over all elements of a (B, N, K, ...), t (B, 1, K, ...).
 
-    Written by hand because no library fuses softmax with MSE: autograd would keep softmax(a),
-    p - t and the softmax backward's temporaries, each as large as the 30 auxiliary outputs (over
-    0.5 GB at the paper's crop), and allocating them every step dominated a CCT step on CPU. Here
-    the forward keeps nothing new, and the backward recomputes p one decoder at a time:
-    d/da = p * (g - sum_k p_k g_k) with g = 2 (p - t) / numel.
+    Written by hand because no library fuses softmax with a squared error: autograd would keep
+    softmax(a), p - t and the softmax backward's temporaries, each as large as the auxiliary
+    outputs, and allocating them dominated a CCT step on CPU. Here the forward keeps nothing new,
+    and the backward recomputes p one decoder at a time: d/da = p * (g - sum_k p_k g_k) with
+    g = 2 (p - t).
     """
 
     @staticmethod
@@ -72,25 +77,56 @@ class _SoftmaxMSE(torch.autograd.Function):
         for n in range(logits.shape[1]):
             total += ((torch.softmax(logits[:, n], dim=1) - target[:, 0]) ** 2).sum(dtype=torch.float64)
         ctx.save_for_backward(logits, target)
-        return (total / logits.numel()).to(logits.dtype)
+        return total.to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         logits, target = ctx.saved_tensors
         grad = torch.empty_like(logits)
-        scale = 2.0 * grad_out / logits.numel()
         for n in range(logits.shape[1]):
             p = torch.softmax(logits[:, n], dim=1)
-            g = (p - target[:, 0]).mul_(scale)
+            g = (p - target[:, 0]).mul_(2.0 * grad_out)
             grad[:, n] = p * (g - (p * g).sum(dim=1, keepdim=True))
         return grad, None
 
 
-def _confidence_mask(target_prob: torch.Tensor, threshold: float | None) -> torch.Tensor | None:
-    """Bool (B, 1, H, W): pixels whose main-prediction confidence exceeds ``threshold``."""
+def confidence_mask(target_prob: torch.Tensor, threshold: float | None) -> torch.Tensor | None:
+    """Bool (B, 1, *P): pixels whose main-prediction confidence exceeds ``threshold``; target_prob
+    (B, 1, K, *P) (None without a threshold)."""
     if threshold is None:
         return None
-    return target_prob.amax(dim=1, keepdim=True) > threshold
+    return target_prob.amax(dim=2) > threshold
+
+
+def consistency_sums(
+    aux_logits: torch.Tensor, target_prob: torch.Tensor, kind: str = "mse", mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of the consistency distances: the loss is sum / count, and both add over disjoint
+    sets of pixels (so the loss can be accumulated over chunks of the image).
+
+    ``aux_logits`` (B, N, K, *P), ``target_prob`` (B, 1, K, *P) the main decoder's softmax, ``mask``
+    (B, 1, *P) or None, *P any pixel layout shared by all three. ``mse``: squared error between
+    softmax outputs, averaged over every element (over classes then pixels when masked); ``kl``:
+    KL(main || aux) per pixel; ``js``: Jensen-Shannon per pixel.
+    """
+    if kind == "mse" and mask is None:  # every element counts: the fused form
+        return _SoftmaxSquaredError.apply(aux_logits, target_prob), aux_logits.new_tensor(float(aux_logits.numel()))
+    log_p = F.log_softmax(aux_logits, dim=2)
+    if kind == "mse":
+        per = ((log_p.exp() - target_prob) ** 2).mean(dim=2)  # (B, N, *P), averaged over K
+    elif kind == "kl":
+        per = (target_prob * (torch.log(target_prob.clamp_min(1e-12)) - log_p)).sum(dim=2)
+    elif kind == "js":
+        p = log_p.exp()
+        m = 0.5 * (p + target_prob)
+        log_m = torch.log(m.clamp_min(1e-12))
+        per = 0.5 * (target_prob * (torch.log(target_prob.clamp_min(1e-12)) - log_m)).sum(2) + 0.5 * (p * (log_p - log_m)).sum(2)
+    else:
+        raise ValueError(f"loss.consistency: unknown kind {kind!r}")
+    if mask is None:
+        return per.sum(), per.new_tensor(float(per.numel()))
+    mask = mask.expand_as(per)
+    return (per * mask).sum(), mask.sum().to(per.dtype)
 
 
 def consistency_loss(
@@ -103,45 +139,42 @@ def consistency_loss(
     """Mean over auxiliary decoders of the distance between each one's prediction and the main one.
 
     ``aux_logits`` (B, N, K, ...), ``main_logits`` (B, K, ...) with the same spatial layout (any:
-    every reduction is over pixels), the latter detached here (the
-    main decoder is not trained by this loss, as in the paper). ``mse``: squared error between
-    softmax outputs, mean over all elements; ``kl``: KL(main || aux) per pixel; ``js``: Jensen-Shannon
-    per pixel. With ``confidence_threshold``, only pixels where the main prediction is more
-    confident than it count.
+    every reduction is over pixels), the latter detached here (the main decoder is not trained by
+    this loss, as in the paper). ``kind`` as in :func:`consistency_sums`. With
+    ``confidence_threshold``, only pixels where the main prediction is more confident than it count;
+    if none is, the loss is 0.
     """
     target = F.softmax(main_logits.detach() / temperature, dim=1).unsqueeze(1)
-    mask = _confidence_mask(target[:, 0], confidence_threshold)
-    if kind == "mse" and mask is None:  # the default, fused (see _SoftmaxMSE)
-        return _SoftmaxMSE.apply(aux_logits, target)
-    log_p = F.log_softmax(aux_logits, dim=2)
-    if kind == "mse":
-        per = ((log_p.exp() - target) ** 2).mean(dim=2)  # (B, N, H, W), averaged over K
-    elif kind == "kl":
-        per = (target * (torch.log(target.clamp_min(1e-12)) - log_p)).sum(dim=2)
-    elif kind == "js":
-        p = log_p.exp()
-        m = 0.5 * (p + target)
-        log_m = torch.log(m.clamp_min(1e-12))
-        per = 0.5 * (target * (torch.log(target.clamp_min(1e-12)) - log_m)).sum(2) + 0.5 * (p * (log_p - log_m)).sum(2)
-    else:
-        raise ValueError(f"loss.consistency: unknown kind {kind!r}")
-    if mask is None:
-        return per.mean()
-    mask = mask.expand_as(per)
-    return (per * mask).sum() / mask.sum().clamp_min(1)
+    total, count = consistency_sums(aux_logits, target, kind, confidence_mask(target, confidence_threshold))
+    return total / count.clamp_min(1)
+
+
+def pairwise_sums(aux_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of the supplementary pair-wise loss over the pixels of ``aux_logits`` (B, N, K, *P)."""
+    p = F.softmax(aux_logits, dim=2)
+    per = ((p - p.mean(dim=1, keepdim=True)) ** 2).mean(dim=1).sum(dim=1)  # (B, *P)
+    return per.sum(), per.new_tensor(float(per.numel()))
 
 
 def pairwise_loss(aux_logits: torch.Tensor) -> torch.Tensor:
     """Supplementary pair-wise loss: the variance of the auxiliary softmax outputs across decoders,
-    summed over classes, mean over pixels. ``aux_logits`` (B, N, K, H, W)."""
-    p = F.softmax(aux_logits, dim=2)
-    return ((p - p.mean(dim=1, keepdim=True)) ** 2).mean(dim=1).sum(dim=1).mean()
+    summed over classes, mean over pixels. ``aux_logits`` (B, N, K, *P)."""
+    total, count = pairwise_sums(aux_logits)
+    return total / count
+
+
+def weak_sums(aux_logits: torch.Tensor, pseudo_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of the CE between every auxiliary prediction (B, N, K, *P) and pseudo labels
+    (B, *P) (255 ignored): the weak loss is sum / count, both add over disjoint pixel sets."""
+    b, n = aux_logits.shape[:2]
+    target = pseudo_labels.unsqueeze(1).expand(b, n, *pseudo_labels.shape[1:]).flatten(0, 1)
+    total = F.cross_entropy(aux_logits.flatten(0, 1), target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, (target != IGNORE_INDEX).sum().to(total.dtype)
 
 
 def weak_loss(aux_logits: torch.Tensor, pseudo_labels: torch.Tensor) -> torch.Tensor:
     """CE between every auxiliary prediction (B, N, K, *P) and pseudo labels (B, *P) (255 ignored),
-    averaged over the decoders. *P is (H, W), or any pixel layout shared by both (the decoders'
-    native one)."""
-    b, n = aux_logits.shape[:2]
-    target = pseudo_labels.unsqueeze(1).expand(b, n, *pseudo_labels.shape[1:]).flatten(0, 1)
-    return cross_entropy(aux_logits.flatten(0, 1), target)
+    averaged over the decoders and labelled pixels. *P is (H, W), or any pixel layout shared by both
+    (the decoders' native one)."""
+    total, count = weak_sums(aux_logits, pseudo_labels)
+    return total / count.clamp_min(1)

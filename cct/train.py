@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 
 import cct
@@ -286,20 +287,31 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
             m.use_domain(d.name)
             z_u = m.encoder(x_u)
             logits_u = m.decode(z_u, d.name)
-            aux = m.auxiliary(z_u, logits_u, d.name, native=True).float()
-            target = m.to_native(logits_u.float(), d.name)
-            threshold = lc.confidence_threshold if lc.confidence_masking else None
-            unsup = losses.consistency_loss(aux, target, lc.consistency, threshold, lc.softmax_temp)
-            add("loss_unsup", d.name, unsup)
-            loss = loss + w_u * unsup
-            if y_w is not None:  # CE of every aux decoder against the pseudo labels, ramped like w_u
-                weak_term = losses.weak_loss(aux, m.to_native(y_w.unsqueeze(1), d.name)[:, 0])
-                add("loss_weak", d.name, weak_term)
-                loss = loss + w_w * weak_term
-            if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)
-                pair = losses.pairwise_loss(aux)
-                add("loss_pairwise", d.name, pair)
-                loss = loss + w_u * lc.pairwise_w * pair
+            # The targets in the decoders' native layout, so the 30 outputs never need rearranging:
+            # (B, 1, K, 4^n, h, w) for pixel-shuffle decoders (image layout for bilinear ones).
+            target = F.softmax(m.to_native(logits_u.detach().float(), d.name) / lc.softmax_temp, dim=1).unsqueeze(1)
+            mask = losses.confidence_mask(target, lc.confidence_threshold if lc.confidence_masking else None)
+            pseudo = None if y_w is None else m.to_native(y_w.unsqueeze(1), d.name)[:, 0]
+
+            def aux_terms(aux: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+                """(sums, counts) of unsup [, weak] [, pairwise] over the base-grid rows ``rows``."""
+                aux, at = aux.float(), (..., rows, slice(None))
+                parts = [losses.consistency_sums(aux, target[at], lc.consistency, None if mask is None else mask[at])]
+                if pseudo is not None:  # CE of every aux decoder against the pseudo labels
+                    parts.append(losses.weak_sums(aux, pseudo[at]))
+                if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)
+                    parts.append(losses.pairwise_sums(aux))
+                return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+
+            values = m.auxiliary_objective(z_u, logits_u, aux_terms, d.name)
+            add("loss_unsup", d.name, values[0])
+            loss = loss + w_u * values[0]
+            if pseudo is not None:  # ramped like w_u
+                add("loss_weak", d.name, values[1])
+                loss = loss + w_w * values[1]
+            if lc.pairwise_w > 0:
+                add("loss_pairwise", d.name, values[-1])
+                loss = loss + w_u * lc.pairwise_w * values[-1]
         return loss, terms
 
     def evaluate_all() -> dict[str, dict]:

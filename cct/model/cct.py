@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from cct.config import PERTURBATIONS, AuxConfig, ModelConfig, PerturbationConfig
 from cct.model import perturbations as P
-from cct.model.decoders import DecoderBank
+from cct.model.decoders import DecoderBank, Objective
 from cct.model.encoder import build_encoder
 
 
@@ -126,12 +126,9 @@ class CCT(nn.Module):
         """A full-resolution map (B, K, H, W) in the decoders' native layout (see DecoderBank)."""
         return self._head(domain).main.to_native(logits)
 
-    def auxiliary(
-        self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None, native: bool = False
-    ) -> torch.Tensor:
-        """All auxiliary decoders on their perturbations of z -> logits (B, N_aux, K, H, W), or with
-        ``native`` in the decoders' native layout (compare with ``to_native(main_logits)``: same
-        pixels in another order, without the final rearrangement of 30 full-resolution maps).
+    def auxiliary_inputs(self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None) -> torch.Tensor:
+        """Every auxiliary decoder's perturbation of z (B, C, h, w), stacked along channels in the
+        decoders' order -> (B, N_aux * C, h, w).
 
         ``main_logits`` (B, K, H, W) is the main decoder's prediction on the same images; it guides
         G-Cutout, Con-Msk and Obj-Msk (detached: the guide carries no gradient).
@@ -169,7 +166,25 @@ class CCT(nn.Module):
                 inputs.append(P.feature_drop(z, cfg.feature_drop_range))
             elif kind == "feature_noise":
                 inputs.append(P.feature_noise(z, cfg.feature_noise_range))
-        return head.aux(torch.cat(inputs, dim=1), native=native)
+        return torch.cat(inputs, dim=1)
+
+    def auxiliary(
+        self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None, native: bool = False
+    ) -> torch.Tensor:
+        """All auxiliary decoders on their perturbations of z -> logits (B, N_aux, K, H, W), or with
+        ``native`` in the decoders' native layout (compare with ``to_native(main_logits)``: same
+        pixels in another order, without the final rearrangement of 30 full-resolution maps).
+        ``main_logits`` as in :meth:`auxiliary_inputs`."""
+        return self._head(domain).aux(self.auxiliary_inputs(z, main_logits, domain), native=native)
+
+    def auxiliary_objective(
+        self, z: torch.Tensor, main_logits: torch.Tensor, terms: Objective, domain: str | None = None
+    ) -> torch.Tensor:
+        """Loss terms (T,) of the auxiliary decoders on their perturbations of z, reduced by
+        ``terms`` over native-layout outputs without materialising them: the same values and
+        gradients as ``terms(auxiliary(z, main_logits, native=True), slice(None))`` taken as sums /
+        counts (see :meth:`DecoderBank.objective`), at a fraction of the memory traffic."""
+        return self._head(domain).aux.objective(self.auxiliary_inputs(z, main_logits, domain), terms)
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, the rest): the paper trains a pretrained backbone at a 10x lower rate;

@@ -10,6 +10,7 @@ one per decoder, same arithmetic as running them one by one.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -56,6 +57,71 @@ def bilinear_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     return rows @ x @ cols.T
 
 
+Objective = Callable[[torch.Tensor, slice], tuple[torch.Tensor, torch.Tensor]]
+"""``terms(logits, rows) -> (sums (T,), counts (T,))``: see :meth:`DecoderBank.objective`."""
+
+
+class _ChunkedObjective(torch.autograd.Function):
+    """The sub-pixel stages and the loss terms over chunks of base-grid rows, each chunk's forward
+    and backward done at once, so no full-resolution tensor is ever allocated.
+
+    Written by hand because no library fuses a chain of per-pixel layers with a loss in tiles
+    (torch.utils.checkpoint still materialises whole layers). The 30 auxiliary outputs at the
+    paper's crop are over 0.5 GB per step: allocating and streaming them and their softmax and
+    gradient temporaries through memory cost more than all the decoders' arithmetic. Per chunk,
+    ``torch.autograd.grad`` gives each term's gradient with respect to the chunk's stem output and
+    the stage parameters; they are kept (stem-sized, small) and scaled in :meth:`backward` by the
+    incoming gradient over the term's total count.
+    """
+
+    @staticmethod
+    def forward(ctx, stem, upsample, terms, rows, n_stages, *params):
+        # stem (B, G, K, h, w); params = stage weights then stage biases
+        b, g, k, h, w = stem.shape
+        wanted = [i for i, need in enumerate((ctx.needs_input_grad[0], *ctx.needs_input_grad[5:])) if need]
+        sums = counts = None
+        grads: list[list[torch.Tensor | None]] = []
+        for r0 in range(0, h, rows):
+            span = slice(r0, min(r0 + rows, h))
+            with torch.enable_grad():
+                piece = stem[:, :, :, span].detach().requires_grad_(ctx.needs_input_grad[0])
+                leaves = [p.detach().requires_grad_(ctx.needs_input_grad[5 + i]) for i, p in enumerate(params)]
+                out = upsample(piece.reshape(b, g, k, 1, -1), leaves[:n_stages], leaves[n_stages:])
+                s, c = terms(out.view(b, g, k, -1, span.stop - span.start, w), span)
+            if sums is None:
+                sums, counts = s.detach().clone(), c.detach().clone().to(s.dtype)
+                grads = [[None] * (1 + len(params)) for _ in range(s.numel())]
+            else:
+                sums += s.detach()
+                counts += c.detach()
+            inputs = [(piece, *leaves)[i] for i in wanted]
+            for t in range(s.numel() if inputs and s.requires_grad else 0):
+                pick = torch.zeros_like(s).index_fill_(0, torch.tensor(t, device=s.device), 1.0)
+                got = torch.autograd.grad(s, inputs, pick, retain_graph=t + 1 < s.numel(), allow_unused=True)
+                for i, grad in zip(wanted, got):
+                    if grad is None:
+                        continue
+                    if i == 0:  # the stem's chunk: place it in a stem-sized buffer
+                        if grads[t][0] is None:
+                            grads[t][0] = torch.zeros_like(stem)
+                        grads[t][0][:, :, :, span] = grad.view(b, g, k, -1, w)
+                    else:
+                        grads[t][i] = grad if grads[t][i] is None else grads[t][i] + grad
+        ctx.grads, ctx.counts = grads, counts.clamp_min(1)
+        return sums / ctx.counts
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        scale = grad_out / ctx.counts
+        total: list[torch.Tensor | None] = [None] * len(ctx.grads[0])
+        for t, per_term in enumerate(ctx.grads):
+            for i, grad in enumerate(per_term):
+                if grad is not None:
+                    total[i] = grad * scale[t] if total[i] is None else total[i] + grad * scale[t]
+        ctx.grads = None
+        return (total[0], None, None, None, None, *total[1:])
+
+
 class DecoderBank(nn.Module):
     """``count`` independent upsampling decoders evaluated together.
 
@@ -94,35 +160,77 @@ class DecoderBank(nn.Module):
             self.up_weights.append(nn.Parameter(w))
             self.up_biases.append(nn.Parameter(bias))
 
+    def _take(self, t: torch.Tensor, per: int, select: slice | None, dtype: torch.dtype) -> torch.Tensor:
+        """The rows of a stacked parameter that belong to the decoders in ``select`` (all if None)."""
+        t = t if select is None else t[select.start * per : select.stop * per]
+        return t.to(dtype)
+
+    def _stem(self, x: torch.Tensor, groups: int, select: slice | None = None) -> torch.Tensor:
+        """The 1x1 classifiers: (B, G*C_z, h, w) -> (B, G*K, h, w)."""
+        k = self.num_classes
+        bias = None if self.classifier_bias is None else self._take(self.classifier_bias, k, select, x.dtype)
+        return _grouped_1x1(x, self._take(self.classifier, k, select, x.dtype), bias, groups)
+
+    def _upsample(self, u: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> torch.Tensor:
+        """The sub-pixel stages in the native layout: (B, G, K, 1, P) -> (B, G, K, 4^n, P), for any
+        number P of low-resolution pixels (each stage acts on every pixel alone). ``weights[j]`` is
+        stage j's (G*4K, K, 1, 1) kernel, ``biases[j]`` its (G*4K,) bias, already selected and cast.
+
+        A 1x1 conv commutes with PixelShuffle, so no data moves between stages: stage j's output
+        channel c*4 + a (a = the sub-pixel PixelShuffle would send it to) is viewed as (c, a), and a
+        becomes the slowest part of the sub-pixel axis S. :meth:`to_image` then gives
+        PixelShuffle's exact arrangement; per-pixel losses skip it.
+        """
+        b, groups, k, _, p = u.shape
+        for weight, bias in zip(weights, biases):
+            s = u.shape[3]
+            y = torch.matmul(weight.view(groups, 4 * k, k), u.reshape(b, groups, k, s * p))
+            # in place: neither matmul's nor add's backward needs y, and relu's needs only its output
+            u = y.add_(bias.view(1, groups, 4 * k, 1)).relu_().view(b, groups, k, 4 * s, p)
+        return u
+
+    def _stage_params(self, select: slice | None, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        k = self.num_classes
+        weights = [self._take(w, 4 * k, select, dtype) for w in self.up_weights]
+        return weights, [self._take(b, 4 * k, select, dtype) for b in self.up_biases]
+
     def _run(self, x: torch.Tensor, groups: int, select: slice | None = None, native: bool = False) -> torch.Tensor:
         """(B, G*C_z, h, w) -> (B, G, K, H, W), or with ``native`` the layout of :meth:`to_native`."""
-
-        def take(t: torch.Tensor, per: int) -> torch.Tensor:
-            t = t if select is None else t[select.start * per : select.stop * per]
-            return t.to(x.dtype)
-
         k = self.num_classes
-        bias = None if self.classifier_bias is None else take(self.classifier_bias, k)
-        x = _grouped_1x1(x, take(self.classifier, k), bias, groups)
+        x = self._stem(x, groups, select)
         if self.upsampling == "bilinear":
             return bilinear_upsample(x, self.upscale).unflatten(1, (groups, k))
-        # Sub-pixel stages without moving data: a 1x1 conv acts on each pixel alone, so it commutes
-        # with PixelShuffle. Keep every sub-pixel as an extra axis S, (B, G, K, S, h*w): stage j's
-        # conv output channel c*4 + a (a = the sub-pixel PixelShuffle would send it to) is viewed
-        # as (c, a) and a becomes the slowest part of S. One permutation at the end (to_image)
-        # yields PixelShuffle's exact arrangement; losses that are means over pixels skip it.
         b, _, h, w = x.shape
-        u = x.view(b, groups, k, 1, h * w)
-        for weight, bias in zip(self.up_weights, self.up_biases):
-            s = u.shape[3]
-            wg = take(weight, 4 * k).view(groups, 4 * k, k)
-            y = torch.matmul(wg, u.reshape(b, groups, k, s * h * w))
-            # in place: neither matmul's nor add's backward needs y, and relu's needs only its output
-            u = y.add_(take(bias, 4 * k).view(1, groups, 4 * k, 1)).relu_().view(b, groups, k, 4 * s, h * w)
+        u = self._upsample(x.view(b, groups, k, 1, h * w), *self._stage_params(select, x.dtype))
         u = u.view(b, groups, k, -1, h, w)
         if self.stages == 0:  # upscale 1: native and image layouts coincide
             return u[:, :, :, 0]
         return u if native else self.to_image(u)
+
+    def objective(self, x: torch.Tensor, terms: Objective, chunk_elements: int | None = None) -> torch.Tensor:
+        """Every decoder on x (B, count*C_z, h, w), reduced by ``terms`` to loss values (T,), without
+        keeping the decoders' full-resolution outputs.
+
+        ``terms(out, rows)`` gets native-layout logits ``out`` (B, count, K, 4^n, r, w) of the base-grid
+        rows ``rows`` (a slice of h) and returns ``(sums, counts)``, each (T,), that add over disjoint
+        row ranges; the result is ``sums / counts`` over all rows. With pixel-shuffle decoders every
+        output pixel depends on one base pixel, so the rows are run in chunks of at most
+        ``chunk_elements`` output values (default: 4M on CPU, where the chunk then stays in cache,
+        64M on GPU), each forward and backward at once (:class:`_ChunkedObjective`). Bilinear
+        decoders mix neighbouring rows: they run whole, with ``rows`` = all rows, in image layout.
+        Values and gradients equal those of ``terms(self(x, native=True), slice(None))``.
+        """
+        if self.upsampling == "bilinear" or self.stages == 0:
+            sums, counts = terms(self(x, native=True), slice(None))
+            return sums / counts.clamp_min(1)
+        b, _, h, w = x.shape
+        stem = self._stem(x, self.count).view(b, self.count, self.num_classes, h, w)
+        if chunk_elements is None:
+            chunk_elements = (64 if x.is_cuda else 4) << 20
+        per_row = b * self.count * self.num_classes * 4**self.stages * w
+        rows = max(1, min(h, chunk_elements // per_row))
+        weights, biases = self._stage_params(None, stem.dtype)
+        return _ChunkedObjective.apply(stem, self._upsample, terms, rows, len(weights), *weights, *biases)
 
     def to_image(self, u: torch.Tensor) -> torch.Tensor:
         """Native (..., K, 4^n, h, w) -> (..., K, h*2^n, w*2^n), as n PixelShuffle(2) stages place it."""

@@ -346,3 +346,97 @@ def test_small_encoder_loads_the_encoder_of_a_cct_checkpoint(tmp_path):
         build_encoder("small", str(path), 4, 16, True)
     with pytest.raises(ConfigError, match="no ImageNet weights"):
         build_encoder("small", True, 4, 8, True)
+
+
+def _objective_terms(bank: DecoderBank, main: torch.Tensor, pseudo: torch.Tensor, kind: str, threshold):
+    """The training loop's loss terms (consistency, weak CE, pair-wise) as an Objective."""
+    from cct import losses
+
+    target = F.softmax(bank.to_native(main), dim=1).unsqueeze(1)
+    mask = losses.confidence_mask(target, threshold)
+    pseudo = bank.to_native(pseudo.unsqueeze(1))[:, 0]
+
+    def terms(aux, rows):
+        at = (..., rows, slice(None))
+        parts = [
+            losses.consistency_sums(aux, target[at], kind, None if mask is None else mask[at]),
+            losses.weak_sums(aux, pseudo[at]),
+            losses.pairwise_sums(aux),
+        ]
+        return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+
+    return terms
+
+
+@pytest.mark.parametrize("upsampling, upscale", [("pixelshuffle", 8), ("pixelshuffle", 2), ("bilinear", 4)])
+@pytest.mark.parametrize("kind, threshold", [("mse", None), ("mse", 0.3), ("kl", None), ("js", 0.3), ("mse", 1.0)])
+@pytest.mark.parametrize("chunk_elements", [1, 2000, None])
+def test_chunked_objective_equals_the_materialised_losses(upsampling, upscale, kind, threshold, chunk_elements):
+    """DecoderBank.objective (chunks of base rows, forward and backward at once) gives the values
+    and gradients of the losses on the full outputs, for every loss term and chunk size (one base
+    row per chunk; a size that does not divide the rows; all rows at once). Threshold 1.0 keeps no
+    pixel: the consistency term is then 0 with zero gradient."""
+    torch.manual_seed(0)
+    count, c, k, h, w = 3, 6, 5, 5, 4
+    bank = DecoderBank(c, k, upscale, count, upsampling)
+    with torch.no_grad():
+        for b in bank.up_biases:
+            b.normal_()
+    x = torch.randn(2, count * c, h, w)
+    main = torch.randn(2, k, h * upscale, w * upscale)
+    pseudo = torch.randint(0, k, (2, h * upscale, w * upscale))
+    pseudo[:, :3] = 255
+    terms = _objective_terms(bank, main, pseudo, kind, threshold)
+    weights = torch.tensor([1.0, 0.4, 0.1])
+
+    def run(chunked: bool):
+        xx = x.clone().requires_grad_(True)
+        bank.zero_grad()
+        if chunked:
+            values = bank.objective(xx, terms, chunk_elements)
+        else:
+            sums, counts = terms(bank(xx, native=True), slice(None))
+            values = sums / counts.clamp_min(1)
+        (values * weights).sum().backward()
+        return values.detach(), xx.grad, [p.grad for p in bank.parameters()]
+
+    ref, got = run(False), run(True)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-8)
+    for g, r in zip(got[2], ref[2]):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-8)
+    if threshold == 1.0:
+        assert ref[0][0].item() == 0.0
+    else:
+        assert ref[0][0].item() > 0.0
+    assert ref[1].abs().sum() > 0
+
+
+def test_chunked_objective_never_holds_a_full_resolution_output():
+    """The point of the chunks: with 1 base row per chunk, the largest tensor the objective
+    allocates is one row's outputs, not the whole map (checked through a saved-tensor hook that
+    sees every tensor autograd keeps)."""
+    torch.manual_seed(0)
+    count, c, k, h, w, upscale = 4, 6, 5, 8, 8, 8
+    bank = DecoderBank(c, k, upscale, count)
+    target = torch.full((2, 1, k, upscale**2, h, w), 1.0 / k)
+
+    def terms(aux, rows):
+        from cct import losses
+
+        total, n = losses.consistency_sums(aux, target[..., rows, :])
+        return total[None], n[None]
+
+    largest = 0
+
+    def pack(t):
+        nonlocal largest
+        largest = max(largest, t.numel())
+        return t
+
+    x = torch.randn(2, count * c, h, w, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        bank.objective(x, terms, chunk_elements=1).sum().backward()
+    full = 2 * count * k * (h * upscale) * (w * upscale)
+    assert 0 < largest <= full // h
+    assert x.grad.abs().sum() > 0

@@ -211,6 +211,210 @@ def test_guided_cutout_applies_the_mask_to_every_channel():
     assert int((out == 0).all(dim=1).sum()) == 8
 
 
+def scipy_boxes(objects: torch.Tensor) -> list[list[tuple[int, int, int, int]]]:
+    """The reference: per sample, (y0, x0, y1, x1) of scipy's 8-connected components, in label order."""
+    from scipy import ndimage
+
+    out = []
+    for plane in objects.numpy():
+        labelled, _ = ndimage.label(plane, structure=np.ones((3, 3), dtype=bool))
+        out.append([(ys.start, xs.start, ys.stop, xs.stop) for ys, xs in ndimage.find_objects(labelled)])
+    return out
+
+
+def torch_boxes(objects: torch.Tensor) -> list[list[tuple[int, int, int, int]]]:
+    """P.object_boxes as lists, after checking the (boxes, valid) layout: valid boxes form a prefix
+    of each sample's row, M is the largest count, invalid rows are zero."""
+    boxes, valid = P.object_boxes(objects)
+    assert boxes.dtype == torch.long and valid.dtype == torch.bool
+    assert boxes.device == objects.device and valid.device == objects.device
+    batch = objects.shape[0]
+    assert boxes.shape == (batch, valid.shape[1], 4)
+    counts = valid.sum(dim=1)
+    assert valid.shape[1] == (int(counts.max()) if batch else 0)
+    assert torch.equal(valid, torch.arange(valid.shape[1]) < counts.unsqueeze(1))
+    assert bool((boxes[~valid] == 0).all())
+    return [[tuple(int(v) for v in box) for box in boxes[s][valid[s]]] for s in range(batch)]
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.4, 0.55, 0.7, 0.9])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_object_boxes_equal_scipy_on_random_maps(density, seed):
+    generator = torch.Generator().manual_seed(seed)
+    objects = torch.rand(3, 23, 31, generator=generator) < density
+    reference = scipy_boxes(objects)
+    assert torch_boxes(objects) == reference
+    if density <= 0.4:
+        assert max(len(r) for r in reference) > 5  # many components, and counts differ over the batch
+
+
+def serpentine(h: int, w: int) -> torch.Tensor:
+    """One 1-pixel-wide path: full rows 0, 2, 4, ... joined alternately at the right and left ends."""
+    m = torch.zeros(h, w, dtype=torch.bool)
+    m[0::2] = True
+    for k, r in enumerate(range(1, h, 2)):
+        m[r, w - 1 if k % 2 == 0 else 0] = True
+    return m
+
+
+def spiral(n: int) -> torch.Tensor:
+    """A square spiral path from the corner inwards, its arms one pixel apart."""
+    m = torch.zeros(n, n, dtype=torch.bool)
+    y = x = 0
+    m[0, 0] = True
+    lengths = [n - 1, n - 1, n - 1] + [length for k in range(n - 3, 0, -2) for length in (k, k)]
+    for step, length in enumerate(lengths):
+        dy, dx = [(0, 1), (1, 0), (0, -1), (-1, 0)][step % 4]
+        for _ in range(length):
+            y, x = y + dy, x + dx
+            m[y, x] = True
+    return m
+
+
+def test_object_boxes_on_long_single_components():
+    """Components whose geodesic path is hundreds of pixels long (3x3 propagation alone would need
+    781 rounds for the 40x40 serpentine); transposed and flipped so the smallest index is at either
+    end of the path, and a non-contiguous view."""
+    snake, turn = serpentine(40, 40), spiral(40)
+    assert int(snake.sum()) == 20 * 40 + 20 and int(turn.sum()) > 700
+    maps = [snake, snake.T, snake.flip(0), snake.flip(1).T, turn, turn.flip(0), turn.T.flip(1)]
+    objects = torch.stack(maps)
+    reference = scipy_boxes(objects)
+    assert all(r == [(0, 0, 40, 40)] for r in reference)
+    assert torch_boxes(objects) == reference
+    assert torch_boxes(snake.T.unsqueeze(0)) == [[(0, 0, 40, 40)]]  # a non-contiguous view
+    # a 128 x 128 serpentine and spiral (the largest z maps)
+    big = torch.stack([serpentine(128, 128), spiral(128)])
+    assert torch_boxes(big) == scipy_boxes(big) == [[(0, 0, 128, 128)]] * 2
+
+
+def test_object_boxes_of_empty_and_full_maps():
+    boxes, valid = P.object_boxes(torch.zeros(2, 7, 9, dtype=torch.bool))
+    assert boxes.shape == (2, 0, 4) and valid.shape == (2, 0)
+    assert torch_boxes(torch.ones(2, 7, 9, dtype=torch.bool)) == [[(0, 0, 7, 9)]] * 2
+    # one empty sample beside a full one
+    objects = torch.zeros(2, 5, 6, dtype=torch.bool)
+    objects[1] = True
+    assert torch_boxes(objects) == [[], [(0, 0, 5, 6)]]
+
+
+def test_object_boxes_use_8_connectivity():
+    objects = torch.zeros(4, 9, 9, dtype=torch.bool)
+    objects[0] = torch.eye(9, dtype=torch.bool)  # diagonal: one component
+    objects[1] = torch.eye(9, dtype=torch.bool).flip(1)  # anti-diagonal
+    objects[2] = (torch.arange(9).view(-1, 1) + torch.arange(9)) % 2 == 0  # checkerboard: one
+    objects[3, 1, 1] = objects[3, 3, 2] = True  # a knight's move apart: two
+    objects[3, 6, 6] = objects[3, 7, 7] = objects[3, 8, 6] = True  # a V of diagonal steps: one
+    expected = [[(0, 0, 9, 9)], [(0, 0, 9, 9)], [(0, 0, 9, 9)], [(1, 1, 2, 2), (3, 2, 4, 3), (6, 6, 9, 8)]]
+    assert scipy_boxes(objects) == expected
+    assert torch_boxes(objects) == expected
+
+
+def test_object_boxes_order_and_batch_with_different_counts():
+    objects = torch.zeros(3, 10, 12, dtype=torch.bool)
+    # sample 0: a U whose right arm starts higher than its left (the component's smallest index is
+    # the right arm's top) beside a blob first met later in row-major order but started earlier
+    objects[0, 2:8, 1] = objects[0, 7, 1:5] = objects[0, 1:8, 5] = True
+    objects[0, 4:6, 8:11] = True
+    objects[0, 0, 10] = True
+    # sample 1: empty; sample 2: a ring with a component inside its hole (both get a box here;
+    # the official code's external contours would skip the inner one)
+    objects[2, 1:9, 1:9] = True
+    objects[2, 3:7, 3:7] = False
+    objects[2, 4:6, 4] = True
+    expected = [[(0, 10, 1, 11), (1, 1, 8, 6), (4, 8, 6, 11)], [], [(1, 1, 9, 9), (4, 4, 6, 5)]]
+    assert scipy_boxes(objects) == expected
+    assert torch_boxes(objects) == expected
+
+
+@pytest.mark.parametrize(
+    "height, width, erase",
+    [(10, 10, 0.4), (5, 15, 0.5), (15, 7, 0.3), (1, 6, 0.4), (9, 2, 0.25), (8, 12, 1.0)],
+)
+def test_cutout_erases_round_side_times_erase_at_every_offset_inside_the_box(height, width, erase):
+    """One rectangular object at (2, 3): the erased region is exactly one eh x ew rectangle with
+    eh = max(1, round(height * erase)) (Python's round: 2.5 -> 2, 4.5 -> 4), inside the object, and
+    over many seeds its corner takes every allowed offset, roughly equally often."""
+    objects = torch.zeros(1, height + 5, width + 6, dtype=torch.bool)
+    objects[0, 2 : 2 + height, 3 : 3 + width] = True
+    eh, ew = max(1, round(height * erase)), max(1, round(width * erase))
+    corners = {}
+    draws = 300
+    for seed in range(draws):
+        torch.manual_seed(seed)
+        keep = P.cutout_mask(objects, erase=erase)
+        assert keep.shape == objects.shape and keep.dtype == torch.bool
+        (y0, y1, x0, x1), = erased_boxes(keep[0])
+        assert (y1 - y0, x1 - x0) == (eh, ew)
+        assert int((~keep).sum()) == eh * ew
+        assert 2 <= y0 and y1 <= 2 + height and 3 <= x0 and x1 <= 3 + width
+        corners[(y0 - 2, x0 - 3)] = corners.get((y0 - 2, x0 - 3), 0) + 1
+    rows = [sum(c for (dy, _), c in corners.items() if dy == k) for k in range(height - eh + 1)]
+    cols = [sum(c for (_, dx), c in corners.items() if dx == k) for k in range(width - ew + 1)]
+    assert sum(rows) == sum(cols) == draws  # no offset outside the allowed range
+    for counts in (rows, cols):
+        expected = draws / len(counts)
+        assert min(counts) > 0.4 * expected and max(counts) < 1.7 * expected, counts
+
+
+def test_cutout_half_ties_round_to_even():
+    objects = torch.zeros(1, 12, 12, dtype=torch.bool)
+    objects[0, 0:5, 0:7] = True  # 5 * 0.5 = 2.5 -> 2, 7 * 0.5 = 3.5 -> 4
+    (y0, y1, x0, x1), = erased_boxes(P.cutout_mask(objects, erase=0.5)[0])
+    assert (y1 - y0, x1 - x0) == (2, 4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_cutout_erases_only_inside_the_boxes_and_at_least_its_rectangle_in_each(seed):
+    generator = torch.Generator().manual_seed(seed)
+    objects = torch.rand(4, 20, 24, generator=generator) < 0.25
+    objects[1] = False  # a sample without objects
+    torch.manual_seed(seed)
+    keep = P.cutout_mask(objects, erase=0.4)
+    assert bool(keep[1].all())
+    for s, sample_boxes in enumerate(scipy_boxes(objects)):
+        union = torch.zeros(20, 24, dtype=torch.bool)
+        for y0, x0, y1, x1 in sample_boxes:
+            union[y0:y1, x0:x1] = True
+            eh, ew = max(1, round((y1 - y0) * 0.4)), max(1, round((x1 - x0) * 0.4))
+            assert int((~keep[s, y0:y1, x0:x1]).sum()) >= eh * ew
+        assert not bool((~keep[s] & ~union).any()), "an erased pixel outside every bounding box"
+        assert int((~keep[s]).sum()) <= sum(
+            max(1, round((y1 - y0) * 0.4)) * max(1, round((x1 - x0) * 0.4)) for y0, x0, y1, x1 in sample_boxes
+        )
+
+
+def test_cutout_mask_is_a_function_of_the_seed():
+    objects = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5)) < 0.3
+    torch.manual_seed(11)
+    first = P.cutout_mask(objects)
+    torch.manual_seed(11)
+    again = P.cutout_mask(objects)
+    torch.manual_seed(12)
+    other = P.cutout_mask(objects)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not bool(first.all())
+
+
+def test_cutout_with_precomputed_boxes_equals_finding_them():
+    objects = torch.zeros(2, 10, 10, dtype=torch.bool)
+    objects[0, 1:5, 2:7] = True
+    objects[0, 7:9, 7:10] = True
+    objects[1, 3:8, 0:4] = True
+    boxes, valid = P.object_boxes(objects)
+    assert boxes.tolist() == [[[1, 2, 5, 7], [7, 7, 9, 10]], [[3, 0, 8, 4], [0, 0, 0, 0]]]
+    assert valid.tolist() == [[True, True], [True, False]]
+    torch.manual_seed(3)
+    found = P.cutout_mask(objects)
+    torch.manual_seed(3)
+    given = P.cutout_mask(objects, boxes=(boxes, valid))
+    assert torch.equal(found, given)
+    z = positive_z(b=2, c=3, h=10, w=10)
+    torch.manual_seed(3)
+    torch.testing.assert_close(P.guided_cutout(z, objects, 0.4, (boxes, valid)), z * found.unsqueeze(1), rtol=0, atol=0)
+
+
 # --- I-VAT -------------------------------------------------------------------------------------------
 
 def kl_between(decoder, z, z_perturbed) -> float:
@@ -291,17 +495,3 @@ def test_names_expose_all_seven_perturbations():
     for public in ("feature_noise", "feature_drop", "dropout", "guided_cutout", "context_masking",
                    "object_masking", "vat"):
         assert callable(getattr(P, public))
-
-
-def test_cutout_with_precomputed_boxes_equals_finding_them():
-    objects = torch.zeros(2, 10, 10, dtype=torch.bool)
-    objects[0, 1:5, 2:7] = True
-    objects[0, 7:9, 7:10] = True
-    objects[1, 3:8, 0:4] = True
-    boxes = P.object_boxes(objects)
-    assert boxes[0] == [(slice(1, 5), slice(2, 7)), (slice(7, 9), slice(7, 10))]
-    torch.manual_seed(3)
-    found = P.cutout_mask(objects)
-    torch.manual_seed(3)
-    given = P.cutout_mask(objects, boxes=boxes)
-    assert torch.equal(found, given)

@@ -117,8 +117,9 @@ class CCT(nn.Module):
 
     def objects_map(self, main_logits: torch.Tensor, size: tuple[int, int], domain: str | None = None) -> torch.Tensor:
         """Bool (B, h, w): the main prediction's argmax, nearest-resized to z's size, outside background."""
-        pred = main_logits.argmax(1, keepdim=True).float()
-        pred = F.interpolate(pred, size=size, mode="nearest")[:, 0].long()
+        # nearest resizing picks pixels, which commutes with the per-pixel argmax: picking first
+        # takes the argmax of z's pixels only, not of every full-resolution pixel
+        pred = F.interpolate(main_logits, size=size, mode="nearest").argmax(1)
         background = getattr(self, f"background_{domain or self.default_domain}")
         return ~torch.isin(pred, background)
 

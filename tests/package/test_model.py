@@ -238,6 +238,16 @@ def test_objects_map_respects_background_classes():
     assert torch.equal(objects0, expected != 0)
 
 
+@pytest.mark.parametrize("size", [(4, 4), (5, 3), (16, 16), (7, 11)])
+def test_objects_map_is_the_nearest_resized_argmax_of_the_full_map(size):
+    """objects_map picks z's pixels before the argmax (cheaper); the result is that of the argmax of
+    every pixel, nearest-resized, for any size ratio."""
+    model = small_model(NO_AUX, background=(0,), classes=5)
+    logits = torch.randn(3, 5, 16, 16)
+    full = F.interpolate(logits.argmax(1, keepdim=True).float(), size=size, mode="nearest")[:, 0].long()
+    assert torch.equal(model.objects_map(logits, size), full != 0)
+
+
 def test_guided_perturbations_follow_the_main_prediction():
     """Con-Msk on an all-background prediction feeds zeros to its decoder; Obj-Msk feeds z unchanged.
     Class 2 is background here (a per-dataset setting, not class 0 hard-coded)."""

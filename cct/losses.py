@@ -65,22 +65,35 @@ class _SoftmaxSquaredError(torch.autograd.Function):
     """sum((softmax(a, dim=2) - t)^2) over all elements of a (B, N, K, ...), t (B, 1, K, ...).
 
     Written by hand because no library fuses softmax with a squared error: autograd would keep
-    softmax(a), p - t and the softmax backward's temporaries, each as large as the auxiliary
-    outputs, and allocating them dominated a CCT step on CPU. Here the forward keeps nothing new,
-    and the backward recomputes p one decoder at a time: d/da = p * (g - sum_k p_k g_k) with
-    g = 2 (p - t).
+    softmax(a), p - t and the softmax backward's temporaries, and redo the softmax in the backward.
+    d/da = p * (g - sum_k p_k g_k) with g = 2 (p - t). Up to :data:`_FUSED_AT_ONCE` elements (a
+    chunk of :meth:`cct.model.decoders.DecoderBank.objective`, or small outputs) the gradient is
+    computed with the value, from the same p, and kept: one softmax instead of two and a few
+    vectorised passes that stay in cache. Larger inputs (the 30 full-resolution outputs of a
+    materialised stack) keep nothing new in the forward and recompute p one decoder at a time in
+    the backward, so that no further tensor of their size is allocated.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.numel() <= _FUSED_AT_ONCE:
+            p = torch.softmax(logits, dim=2)
+            d = p - target
+            total = torch.linalg.vecdot(d.flatten(), d.flatten())
+            d.mul_(2.0)
+            ctx.grad = p.mul_(d - (p * d).sum(dim=2, keepdim=True))
+            return total
         total = logits.new_zeros((), dtype=torch.float64)
         for n in range(logits.shape[1]):
             total += ((torch.softmax(logits[:, n], dim=1) - target[:, 0]) ** 2).sum(dtype=torch.float64)
+        ctx.grad = None
         ctx.save_for_backward(logits, target)
         return total.to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        if ctx.grad is not None:
+            return ctx.grad * grad_out, None
         logits, target = ctx.saved_tensors
         grad = torch.empty_like(logits)
         for n in range(logits.shape[1]):
@@ -88,6 +101,10 @@ class _SoftmaxSquaredError(torch.autograd.Function):
             g = (p - target[:, 0]).mul_(2.0 * grad_out)
             grad[:, n] = p * (g - (p * g).sum(dim=1, keepdim=True))
         return grad, None
+
+
+_FUSED_AT_ONCE = 16 << 20
+"""Inputs of :class:`_SoftmaxSquaredError` up to this many elements are done in one vectorised pass."""
 
 
 def confidence_mask(target_prob: torch.Tensor, threshold: float | None) -> torch.Tensor | None:

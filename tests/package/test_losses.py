@@ -232,7 +232,11 @@ def test_weak_loss_is_the_ce_of_every_aux_decoder_against_the_pseudo_labels():
     assert loss.item() == pytest.approx(-(math.log(0.2) + math.log(0.5) + math.log(0.8) + math.log(0.9)) / 4, rel=1e-5)
 
 
-def test_fused_softmax_mse_matches_autograd_reference_value_and_gradient():
+@pytest.mark.parametrize("at_once", [True, False], ids=["one-pass", "per-decoder"])
+def test_fused_softmax_mse_matches_autograd_reference_value_and_gradient(at_once, monkeypatch):
+    """Both forms of the fused loss: gradient with the value (small inputs, chunks) and the
+    per-decoder recomputation (large inputs)."""
+    monkeypatch.setattr(L, "_FUSED_AT_ONCE", 1 << 30 if at_once else 0)
     torch.manual_seed(0)
     aux = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
     main = torch.randn(2, 4, 5, 6, dtype=torch.float64)

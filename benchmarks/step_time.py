@@ -1,92 +1,178 @@
-"""Training step time of `semi` (CCT) vs `supervised`, and the share of a CCT step spent in the
-auxiliary decoders (perturbations, the 30 decoders and the consistency loss).
+"""Training step time of `semi` (CCT) vs `supervised`: median seconds per step, the share of a CCT
+step spent in the auxiliary decoders, images per second and peak memory, as a table and as JSON.
 
-    python benchmarks/step_time.py                 # both configurations, 2 threads
+    python benchmarks/step_time.py                          # CPU: paper + embedded, 2 threads
     python benchmarks/step_time.py --only embedded --threads 1
+    python benchmarks/step_time.py --device cuda --baseline --json out.json   # a GPU
 
-Two configurations: the paper's (ResNet-50 + PSP at output stride 8, pixel-shuffle decoders,
-21 classes, batch 2 labelled + 2 unlabelled, crop 320, the 30 default auxiliary decoders) and the
-embedded default (config/config.yaml's model on 48 px crops, batch 8 + 8). Inputs are random
-tensors: a step's cost does not depend on the pixels. For reference, the official implementation
-measured on the 2-core development machine: semi step 9.0 s (batch 2+2, crop 320), supervised
-step 3.95 s (batch 2), median.
+The step timed is the trainer's own (:func:`cct.train.step_loss`, then backward and an SGD step),
+on random tensors: a step's cost does not depend on the pixels. Configurations:
+
+* ``paper``: config/paper/voc.yaml's model (ResNet-50 + PSP at output stride 8, pixel-shuffle
+  decoders, the 30 auxiliary decoders, MSE consistency), 21 classes, crop 320; batch 2 + 2 in
+  float32 on CPU, batch 10 + 10 with bf16 autocast and channels_last on CUDA (the paper's batch).
+* ``embedded``: config/config.yaml's model on the embedded dataset's 48 px crops, batch 8 + 8.
+
+Rows: ``supervised`` (labelled batch only), ``semi`` (CCT), and ``semi-no-aux`` (the unlabelled pass
+without the auxiliary decoders; ``aux share`` = 1 - semi-no-aux / semi). ``--baseline`` adds
+``semi-1by1-fp32``: the auxiliary decoders run one after another on full-resolution outputs with the
+loss on the materialised stack, in float32 (the official implementation's path, inside this code).
+Each row runs in a fresh process, so ``peak mem`` is that row's own: the process's peak resident
+set on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. ``paper run`` projects the wall time of the
+paper's 1464-label VOC run (50 epochs of 912 iterations = 45,600 steps) at this step time.
+
+For reference, the official implementation on the 2-core development machine (issue 8; CPU speed
+varies between such machines, so compare within one run of this script): semi 9.0 s at batch 2+2,
+crop 320, peak 6.2 GB; supervised 3.95 s at batch 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import resource
 import statistics
+import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+import yaml
 
-from cct import losses
-from cct.config import from_dict
-from cct.model.cct import CCT
-
-CONFIGS = {
-    "paper": dict(
-        overrides=["model.encoder=resnet50", "model.output_stride=8", "model.decoder=pixelshuffle"],
-        classes=21, batch=2, crop=320, warmup=2, steps=5,
-    ),
-    "embedded": dict(overrides=["data.crop_size=48"], classes=9, batch=8, crop=48, warmup=3, steps=20),
-}
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_RUN_STEPS = 50 * 912  # the 1464-label VOC run: 50 epochs of ceil(9118 unlabelled / 10) iterations
 
 
-def measure(name: str, threads: int, steps: int | None = None) -> dict[str, float]:
-    spec = CONFIGS[name]
+def _configs(device: str) -> dict[str, dict]:
+    gpu = device == "cuda"
+    paper = yaml.safe_load((ROOT / "config/paper/voc.yaml").read_text())["cct"]
+    embedded = yaml.safe_load((ROOT / "config/config.yaml").read_text())["cct"]
+    return {
+        "paper": dict(tree={"model": paper["model"] | {"pretrained": False}, "loss": paper["loss"]},
+                      classes=21, background=[0], batch=10 if gpu else 2, crop=320, warmup=3 if gpu else 2,
+                      steps=20 if gpu else 5, bf16=gpu),
+        "embedded": dict(tree={"model": embedded["model"]}, classes=9, background=[0], batch=8, crop=48,
+                         warmup=3, steps=20, bf16=False),
+    }
+
+
+def _one_by_one(model, bf16: bool):
+    """An ``auxiliary_objective`` that runs the decoders one after another on full-resolution
+    outputs and reduces the materialised stack (in float32 when ``bf16`` is off)."""
+
+    def objective(z, main_logits, terms, domain=None):
+        inputs = model.auxiliary_inputs(z, main_logits, domain)
+        bank = model._head(domain).aux
+        outs = [bank.decode_one(x, k, native=True) for k, x in enumerate(inputs.chunk(bank.count, dim=1))]
+        sums, counts = terms(torch.stack(outs, dim=1), slice(None))
+        return sums / counts.clamp_min(1)
+
+    return objective
+
+
+def measure(name: str, row: str, device_name: str, threads: int, steps: int | None) -> dict:
+    """One row in this (fresh) process: median step seconds, images/s and peak memory."""
+    from cct.config import from_dict
+    from cct.model.cct import CCT
+    from cct.train import losses, step_loss
+
+    spec = _configs(device_name)[name]
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    config = from_dict(None, spec["overrides"])
-    model = CCT(config.model, {"main": spec["classes"]}, {"main": [0]}).train()
+    device = torch.device(device_name)
+    bf16 = spec["bf16"] and row != "semi-1by1-fp32"
+    mode = "supervised" if row == "supervised" else "semi"
+    config = from_dict(spec["tree"], [f"train.mode={mode}", f"train.amp={str(bf16).lower()}"])
+    model = CCT(config.model, {"main": spec["classes"]}, {"main": spec["background"]}).to(device).train()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    n_terms = 1  # the paper's loss: consistency only
+    if row == "semi-no-aux":
+        model.auxiliary_objective = lambda z, logits, terms, domain=None: (0.0 * logits.float().sum()).expand(n_terms)
+    elif row == "semi-1by1-fp32":
+        model.auxiliary_objective = _one_by_one(model, bf16)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     b, crop, k = spec["batch"], spec["crop"], spec["classes"]
-    x_l, x_u = torch.randn(b, 3, crop, crop), torch.randn(b, 3, crop, crop)
-    y_l = torch.randint(0, k, (b, crop, crop))
+    x_l, x_u = torch.randn(b, 3, crop, crop, device=device), torch.randn(b, 3, crop, crop, device=device)
+    y_l = torch.randint(0, k, (b, crop, crop), device=device)
+    batches = [(x_l, y_l, None if mode == "supervised" else x_u, None)]
+    domains = [SimpleNamespace(name="main", train=SimpleNamespace(num_classes=k))]
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    w_u = losses.unsupervised_weight(config.train.iterations, config.train.iterations, config.loss.unsupervised_w, 0.1)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def step(mode: str) -> float:
+    def step(i: int) -> float:
+        sync()
         start = time.perf_counter()
-        loss = losses.cross_entropy(model(x_l), y_l)
-        if mode != "supervised":
-            z = model.encoder(x_u)
-            logits_u = model.decode(z)
-            if mode == "semi":
-                target = torch.softmax(model.to_native(logits_u.detach()), 1).unsqueeze(1)
-
-                def terms(aux, rows):
-                    total, count = losses.consistency_sums(aux, target[..., rows, :])
-                    return total[None], count[None]
-
-                loss = loss + model.auxiliary_objective(z, logits_u, terms)[0]
-            else:  # the unlabelled pass without auxiliary decoders, to isolate their cost
-                loss = loss + 0.0 * logits_u.mean()
+        with amp:
+            loss, _ = step_loss(model, batches, i, w_u, 0.0, config=config, domains=domains)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        sync()
         return time.perf_counter() - start
 
-    n = steps or spec["steps"]
-    result = {}
-    for mode in ("supervised", "semi-no-aux", "semi"):
-        for _ in range(spec["warmup"]):
-            step(mode)
-        result[mode] = statistics.median(step(mode) for _ in range(n))
-    result["aux_share"] = (result["semi"] - result["semi-no-aux"]) / result["semi"]
-    return result
+    for i in range(spec["warmup"]):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = statistics.median(step(i) for i in range(steps or spec["steps"]))
+    images = b * (1 if mode == "supervised" else 2)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:  # ru_maxrss is in KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"config": name, "row": row, "device": device_name, "threads": threads, "batch": f"{b}+{b if mode == 'semi' else 0}",
+            "crop": crop, "bf16": bf16, "step_s": seconds, "images_per_s": images / seconds, "peak_mem_gb": peak / 1e9,
+            "paper_run_h": seconds * PAPER_RUN_STEPS / 3600 if name == "paper" else None}
+
+
+def _in_fresh_process(*args) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(measure, *args).result()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=sorted(CONFIGS), default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--only", choices=["paper", "embedded"], default=None)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default: 5 paper on CPU, else 20)")
+    parser.add_argument("--baseline", action="store_true", help="add the one-by-one float32 decoders row")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU; median seconds per step")
-    print(f"{'config':<10} {'supervised':>11} {'semi':>8} {'semi/sup':>9} {'aux share':>10}")
-    for name in [args.only] if args.only else list(CONFIGS):
-        r = measure(name, args.threads, args.steps)
-        print(f"{name:<10} {r['supervised']:>11.3f} {r['semi']:>8.3f} {r['semi'] / r['supervised']:>9.2f} {r['aux_share']:>9.0%}")
-    print("official implementation (same machine, 2 threads, paper config): supervised 3.95 s, semi 9.0 s")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is visible to torch")
+    rows = ["supervised", "semi-no-aux", "semi"] + (["semi-1by1-fp32"] if args.baseline else [])
+    device_label = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} thread(s)"
+    print(f"torch {torch.__version__}, {device_label}; median over the timed steps")
+    print(f"{'config':<9} {'row':<15} {'batch':>6} {'prec':>5} {'step s':>8} {'img/s':>7} {'peak GB':>8} {'aux share':>9} {'paper run':>10}")
+    results = []
+    for name in [args.only] if args.only else ["paper", "embedded"]:
+        got = {}
+        for row in rows:
+            r = got[row] = _in_fresh_process(name, row, args.device, args.threads, args.steps)
+            if row == "semi":
+                r["aux_share"] = 1 - got["semi-no-aux"]["step_s"] / r["step_s"]
+            share = f"{r['aux_share']:.0%}" if "aux_share" in r else ""
+            run = f"{r['paper_run_h']:.1f} h" if r["paper_run_h"] is not None and row != "semi-no-aux" else ""
+            print(f"{name:<9} {row:<15} {r['batch']:>6} {'bf16' if r['bf16'] else 'fp32':>5} {r['step_s']:>8.3f} "
+                  f"{r['images_per_s']:>7.2f} {r['peak_mem_gb']:>8.2f} {share:>9} {run:>10}", flush=True)
+            results.append(r)
+        if "semi-1by1-fp32" in got:
+            print(f"{name}: semi is {got['semi']['images_per_s'] / got['semi-1by1-fp32']['images_per_s']:.2f}x the "
+                  "images/s of the one-by-one float32 decoders")
+    print(json.dumps(results))
+    if args.json:
+        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+        tmp.write_text(json.dumps({"torch": torch.__version__, "device": device_label, "rows": results}, indent=1))
+        os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1  # torch intra-op threads
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    # torch.compile the encoder and the main decoder (the decoder bank and losses are already fused
+    # by hand); pays off on GPUs over long runs: the first steps spend minutes compiling
+    compile: bool = False
     progress: bool = True
 
 

@@ -18,6 +18,7 @@ generator. Resuming from a checkpoint at iteration i therefore reproduces the un
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import signal
@@ -44,7 +45,9 @@ from cct.model.cct import CCT
 log = logging.getLogger("cct.train")
 
 # Keys that change how a run executes but not its numbers: a resume may differ in these.
-_EXECUTION_KEYS = {("train", "threads"), ("train", "progress"), ("train", "device"), ("data", "num_workers")}
+_EXECUTION_KEYS = {
+    ("train", "threads"), ("train", "progress"), ("train", "device"), ("train", "compile"), ("data", "num_workers"),
+}
 
 
 def versions() -> dict[str, str]:
@@ -223,6 +226,10 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
     model = build_model(config, domains).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if tc.compile:  # in place: parameters and state_dict keys stay those of the plain model
+        model.encoder.compile()
+        for head in model.heads.values():
+            head.main.compile()
     # supervised mode leaves the auxiliary decoders without gradients
     step_fn = distributed.wrap(model, ctx, find_unused_parameters=not semi)
     backbone, rest = model.parameter_groups()
@@ -252,6 +259,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if main else distributed.NullWriter()
     lc = config.loss
     several = len(domains) > 1
+    loss_fn = functools.partial(step_loss, config=config, domains=domains)
 
     def save_state(iteration: int) -> None:
         if not main:
@@ -261,58 +269,6 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
              "history": history, "elapsed": elapsed + time.perf_counter() - t0, "config": config_dict},
             resume_path,
         )
-
-    def step_loss(m: CCT, batches: list, i: int, w_u: float, w_w: float) -> tuple[torch.Tensor, dict]:
-        """The loss of one iteration over every domain's batches, and its terms (summed over
-        domains; per domain as ``<term>@<name>`` when there are several)."""
-        terms: dict[str, torch.Tensor] = {}
-        loss = 0.0
-
-        def add(kind: str, name: str, value: torch.Tensor) -> None:
-            terms[kind] = terms[kind] + value if kind in terms else value
-            if several:
-                terms[f"{kind}@{name}"] = value
-
-        for d, (x_l, y_l, x_u, y_w) in zip(domains, batches):
-            logits_l = m(x_l, d.name)
-            if lc.supervised == "abce":
-                th = losses.abce_threshold(i, total, d.train.num_classes, lc.abce_final_threshold, lc.abce_rampup)
-                sup = losses.annealed_bootstrapped_ce(logits_l.float(), y_l, th)
-            else:
-                sup = losses.cross_entropy(logits_l.float(), y_l)
-            add("loss_sup", d.name, sup)
-            loss = loss + sup
-            if x_u is None:
-                continue
-            m.use_domain(d.name)
-            z_u = m.encoder(x_u)
-            logits_u = m.decode(z_u, d.name)
-            # The targets in the decoders' native layout, so the 30 outputs never need rearranging:
-            # (B, 1, K, 4^n, h, w) for pixel-shuffle decoders (image layout for bilinear ones).
-            target = F.softmax(m.to_native(logits_u.detach().float(), d.name) / lc.softmax_temp, dim=1).unsqueeze(1)
-            mask = losses.confidence_mask(target, lc.confidence_threshold if lc.confidence_masking else None)
-            pseudo = None if y_w is None else m.to_native(y_w.unsqueeze(1), d.name)[:, 0]
-
-            def aux_terms(aux: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-                """(sums, counts) of unsup [, weak] [, pairwise] over the base-grid rows ``rows``."""
-                aux, at = aux.float(), (..., rows, slice(None))
-                parts = [losses.consistency_sums(aux, target[at], lc.consistency, None if mask is None else mask[at])]
-                if pseudo is not None:  # CE of every aux decoder against the pseudo labels
-                    parts.append(losses.weak_sums(aux, pseudo[at]))
-                if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)
-                    parts.append(losses.pairwise_sums(aux))
-                return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
-
-            values = m.auxiliary_objective(z_u, logits_u, aux_terms, d.name)
-            add("loss_unsup", d.name, values[0])
-            loss = loss + w_u * values[0]
-            if pseudo is not None:  # ramped like w_u
-                add("loss_weak", d.name, values[1])
-                loss = loss + w_w * values[1]
-            if lc.pairwise_w > 0:
-                add("loss_pairwise", d.name, values[-1])
-                loss = loss + w_u * lc.pairwise_w * values[-1]
-        return loss, terms
 
     def evaluate_all() -> dict[str, dict]:
         return {d.name: evaluate(model, d.val, device, domain=d.name) for d in domains}
@@ -343,7 +299,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
             w_u = losses.unsupervised_weight(i, total, lc.unsupervised_w, lc.rampup)
             w_w = losses.unsupervised_weight(i, total, config.weak.loss_w, lc.rampup)
             with amp:
-                loss, terms = step_fn(step_loss, batches, i, w_u, w_w)
+                loss, terms = step_fn(loss_fn, batches, i, w_u, w_w)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -411,6 +367,64 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
         save_state(total)
     distributed.cleanup(ctx)
     return metrics
+
+
+def step_loss(
+    m: CCT, batches: list, i: int, w_u: float, w_w: float, *, config: RunConfig, domains: list[Domain]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of iteration ``i`` over every domain's batches ``(x_l, y_l, x_u, y_w)`` (x_u and y_w
+    None without unlabelled images or pseudo labels), and its terms (summed over domains; per domain
+    as ``<term>@<name>`` when there are several). ``w_u``/``w_w``: the ramped unsupervised and
+    weak-label weights. The training step of :func:`train` (and of ``benchmarks/step_time.py``)."""
+    lc, total, several = config.loss, config.train.iterations, len(domains) > 1
+    terms: dict[str, torch.Tensor] = {}
+    loss = 0.0
+
+    def add(kind: str, name: str, value: torch.Tensor) -> None:
+        terms[kind] = terms[kind] + value if kind in terms else value
+        if several:
+            terms[f"{kind}@{name}"] = value
+
+    for d, (x_l, y_l, x_u, y_w) in zip(domains, batches):
+        logits_l = m(x_l, d.name)
+        if lc.supervised == "abce":
+            th = losses.abce_threshold(i, total, d.train.num_classes, lc.abce_final_threshold, lc.abce_rampup)
+            sup = losses.annealed_bootstrapped_ce(logits_l.float(), y_l, th)
+        else:
+            sup = losses.cross_entropy(logits_l.float(), y_l)
+        add("loss_sup", d.name, sup)
+        loss = loss + sup
+        if x_u is None:
+            continue
+        m.use_domain(d.name)
+        z_u = m.encoder(x_u)
+        logits_u = m.decode(z_u, d.name)
+        # The targets in the decoders' native layout, so the 30 outputs never need rearranging:
+        # (B, 1, K, 4^n, h, w) for pixel-shuffle decoders (image layout for bilinear ones).
+        target = F.softmax(m.to_native(logits_u.detach().float(), d.name) / lc.softmax_temp, dim=1).unsqueeze(1)
+        mask = losses.confidence_mask(target, lc.confidence_threshold if lc.confidence_masking else None)
+        pseudo = None if y_w is None else m.to_native(y_w.unsqueeze(1), d.name)[:, 0]
+
+        def aux_terms(aux: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            """(sums, counts) of unsup [, weak] [, pairwise] over the base-grid rows ``rows``."""
+            aux, at = aux.float(), (..., rows, slice(None))
+            parts = [losses.consistency_sums(aux, target[at], lc.consistency, None if mask is None else mask[at])]
+            if pseudo is not None:  # CE of every aux decoder against the pseudo labels
+                parts.append(losses.weak_sums(aux, pseudo[at]))
+            if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)
+                parts.append(losses.pairwise_sums(aux))
+            return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+
+        values = m.auxiliary_objective(z_u, logits_u, aux_terms, d.name)
+        add("loss_unsup", d.name, values[0])
+        loss = loss + w_u * values[0]
+        if pseudo is not None:  # ramped like w_u
+            add("loss_weak", d.name, values[1])
+            loss = loss + w_w * values[1]
+        if lc.pairwise_w > 0:
+            add("loss_pairwise", d.name, values[-1])
+            loss = loss + w_u * lc.pairwise_w * values[-1]
+    return loss, terms
 
 
 def _metrics(config: RunConfig, domains: list[Domain], results: dict[str, dict], history: list[dict], total: int) -> dict:

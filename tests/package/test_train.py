@@ -200,3 +200,19 @@ def test_resume_state_of_another_config_is_ignored_but_execution_keys_may_differ
     assert any("different config" in r.getMessage() for r in caplog.records)
     assert not any("resuming from" in r.getMessage() for r in caplog.records)
     assert [h["iteration"] for h in other["history"]] == [2]
+
+
+def test_compile_switch_trains_the_same_model_with_the_same_checkpoint_keys(tmp_path):
+    """train.compile (torch.compile of the encoder and main decoder; inductor needs a C++ compiler,
+    which the test machine has) changes how a step runs, not what it computes: the same losses to
+    float rounding, and a checkpoint with the plain model's keys (loadable without compiling)."""
+    base = TINY + ["train.iterations=4", "train.eval_interval=4"]
+    plain = train(from_dict(None, base), tmp_path / "plain")
+    compiled = train(from_dict(None, base + ["train.compile=true"]), tmp_path / "compiled")
+    for key in ("loss_sup", "loss_unsup"):
+        assert compiled["history"][-1][key] == pytest.approx(plain["history"][-1][key], rel=1e-3), key
+    assert abs(compiled["miou"] - plain["miou"]) < 1.0
+    a, b = weights(tmp_path / "plain"), weights(tmp_path / "compiled")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4), k

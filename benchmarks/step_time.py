@@ -60,9 +60,9 @@ def _configs(device: str) -> dict[str, dict]:
     }
 
 
-def _one_by_one(model, bf16: bool):
+def _one_by_one(model):
     """An ``auxiliary_objective`` that runs the decoders one after another on full-resolution
-    outputs and reduces the materialised stack (in float32 when ``bf16`` is off)."""
+    outputs and reduces the materialised stack."""
 
     def objective(z, main_logits, terms, domain=None):
         inputs = model.auxiliary_inputs(z, main_logits, domain)
@@ -74,8 +74,10 @@ def _one_by_one(model, bf16: bool):
     return objective
 
 
-def measure(name: str, row: str, device_name: str, threads: int, steps: int | None) -> dict:
-    """One row in this (fresh) process: median step seconds, images/s and peak memory."""
+def measure(name: str, row: str, device_name: str, threads: int, steps: int | None) -> list[dict]:
+    """Row ``row`` in this (fresh) process: median step seconds, images/s and peak memory. Row
+    ``semi`` also gives ``semi-no-aux``, its steps interleaved with semi's so that drifts of the
+    machine's speed cancel in the aux share (peak memory: semi's; the other's is not separable)."""
     from cct.config import from_dict
     from cct.model.cct import CCT
     from cct.train import losses, step_loss
@@ -91,11 +93,11 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
-    n_terms = 1  # the paper's loss: consistency only
-    if row == "semi-no-aux":
-        model.auxiliary_objective = lambda z, logits, terms, domain=None: (0.0 * logits.float().sum()).expand(n_terms)
+    variants = {row: None}
+    if row == "semi":  # the unlabelled pass without the decoders' objective (the paper's: one term)
+        variants["semi-no-aux"] = lambda z, logits, terms, domain=None: (0.0 * logits.float().sum()).expand(1)
     elif row == "semi-1by1-fp32":
-        model.auxiliary_objective = _one_by_one(model, bf16)
+        variants[row] = _one_by_one(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     b, crop, k = spec["batch"], spec["crop"], spec["classes"]
     x_l, x_u = torch.randn(b, 3, crop, crop, device=device), torch.randn(b, 3, crop, crop, device=device)
@@ -103,10 +105,14 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
     batches = [(x_l, y_l, None if mode == "supervised" else x_u, None)]
     domains = [SimpleNamespace(name="main", train=SimpleNamespace(num_classes=k))]
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    w_u = losses.unsupervised_weight(config.train.iterations, config.train.iterations, config.loss.unsupervised_w, 0.1)
+    w_u = config.loss.unsupervised_w
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def step(i: int) -> float:
+    def step(i: int, variant: str) -> float:
+        if variants[variant] is None:
+            model.__dict__.pop("auxiliary_objective", None)  # the model's own
+        else:
+            model.auxiliary_objective = variants[variant]
         sync()
         start = time.perf_counter()
         with amp:
@@ -118,18 +124,29 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
         return time.perf_counter() - start
 
     for i in range(spec["warmup"]):
-        step(i)
+        for v in variants:
+            step(i, v)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    seconds = statistics.median(step(i) for i in range(steps or spec["steps"]))
-    images = b * (1 if mode == "supervised" else 2)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for i in range(steps or spec["steps"]):
+        for v in variants:
+            times[v].append(step(i, v))
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:  # ru_maxrss is in KiB on Linux
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"config": name, "row": row, "device": device_name, "threads": threads, "batch": f"{b}+{b if mode == 'semi' else 0}",
-            "crop": crop, "bf16": bf16, "step_s": seconds, "images_per_s": images / seconds, "peak_mem_gb": peak / 1e9,
-            "paper_run_h": seconds * PAPER_RUN_STEPS / 3600 if name == "paper" else None}
+    images = b * (1 if mode == "supervised" else 2)
+    out = []
+    for v, ts in times.items():
+        seconds = statistics.median(ts)
+        out.append({"config": name, "row": v, "device": device_name, "threads": threads,
+                    "batch": f"{b}+{b if mode == 'semi' else 0}", "crop": crop, "bf16": bf16, "step_s": seconds,
+                    "images_per_s": images / seconds, "peak_mem_gb": peak / 1e9 if v == row else None,
+                    "paper_run_h": seconds * PAPER_RUN_STEPS / 3600 if name == "paper" and v == row else None})
+    if row == "semi":
+        out[0]["aux_share"] = 1 - out[1]["step_s"] / out[0]["step_s"]
+    return out
 
 
 def _in_fresh_process(*args) -> dict:
@@ -149,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is visible to torch")
-    rows = ["supervised", "semi-no-aux", "semi"] + (["semi-1by1-fp32"] if args.baseline else [])
+    rows = ["supervised", "semi"] + (["semi-1by1-fp32"] if args.baseline else [])
     device_label = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} thread(s)"
     print(f"torch {torch.__version__}, {device_label}; median over the timed steps")
     print(f"{'config':<9} {'row':<15} {'batch':>6} {'prec':>5} {'step s':>8} {'img/s':>7} {'peak GB':>8} {'aux share':>9} {'paper run':>10}")
@@ -157,14 +174,14 @@ def main() -> None:
     for name in [args.only] if args.only else ["paper", "embedded"]:
         got = {}
         for row in rows:
-            r = got[row] = _in_fresh_process(name, row, args.device, args.threads, args.steps)
-            if row == "semi":
-                r["aux_share"] = 1 - got["semi-no-aux"]["step_s"] / r["step_s"]
-            share = f"{r['aux_share']:.0%}" if "aux_share" in r else ""
-            run = f"{r['paper_run_h']:.1f} h" if r["paper_run_h"] is not None and row != "semi-no-aux" else ""
-            print(f"{name:<9} {row:<15} {r['batch']:>6} {'bf16' if r['bf16'] else 'fp32':>5} {r['step_s']:>8.3f} "
-                  f"{r['images_per_s']:>7.2f} {r['peak_mem_gb']:>8.2f} {share:>9} {run:>10}", flush=True)
-            results.append(r)
+            for r in _in_fresh_process(name, row, args.device, args.threads, args.steps):
+                got[r["row"]] = r
+                share = f"{r['aux_share']:.0%}" if "aux_share" in r else ""
+                run = f"{r['paper_run_h']:.1f} h" if r["paper_run_h"] is not None else ""
+                peak = f"{r['peak_mem_gb']:.2f}" if r["peak_mem_gb"] is not None else ""
+                print(f"{name:<9} {r['row']:<15} {r['batch']:>6} {'bf16' if r['bf16'] else 'fp32':>5} {r['step_s']:>8.3f} "
+                      f"{r['images_per_s']:>7.2f} {peak:>8} {share:>9} {run:>10}", flush=True)
+                results.append(r)
         if "semi-1by1-fp32" in got:
             print(f"{name}: semi is {got['semi']['images_per_s'] / got['semi-1by1-fp32']['images_per_s']:.2f}x the "
                   "images/s of the one-by-one float32 decoders")

@@ -142,17 +142,22 @@ class CCT(nn.Module):
         if any(k in ("cutout", "context_masking", "object_masking") for k in head.kinds):
             objects = self.objects_map(main_logits.detach(), z.shape[-2:], domain)
         inputs, boxes = [], None
-        for index, kind in enumerate(head.kinds):
-            if kind == "vat":
-                inputs.append(
-                    P.vat(
-                        z,
-                        lambda v, i=index: head.aux.decode_one(v, i, native=True),  # KL is per pixel: any layout
-                        cfg.vat_xi,
-                        cfg.vat_eps,
-                        cfg.vat_iterations,
-                    )
+        vat_heads = [index for index, kind in enumerate(head.kinds) if kind == "vat"]
+        if vat_heads:  # consecutive (kinds are grouped): all I-VAT decoders in one pass
+            heads = slice(vat_heads[0], vat_heads[-1] + 1)
+            inputs.append(
+                P.vat(
+                    z.repeat(1, len(vat_heads), 1, 1),
+                    lambda v: head.aux.decode_group(v, heads, native=True),  # KL is per pixel: any layout
+                    cfg.vat_xi,
+                    cfg.vat_eps,
+                    cfg.vat_iterations,
+                    groups=len(vat_heads),
                 )
+            )
+        for kind in head.kinds:
+            if kind == "vat":
+                continue
             elif kind == "dropout":
                 inputs.append(P.dropout(z, cfg.dropout_p))
             elif kind == "cutout":

@@ -266,6 +266,11 @@ class DecoderBank(nn.Module):
         """(B, count*C_z, h, w) -> (B, count, K, H, W) logits (native layout if asked)."""
         return self._run(x, self.count, native=native)
 
+    def decode_group(self, x: torch.Tensor, select: slice, native: bool = False) -> torch.Tensor:
+        """The decoders ``select`` (a slice of indices) on their inputs stacked along channels,
+        (B, G*C_z, h, w) -> (B, G, K, ...) (native layout if asked)."""
+        return self._run(x, select.stop - select.start, select, native)
+
     def decode_one(self, x: torch.Tensor, index: int, native: bool = False) -> torch.Tensor:
         """Decoder ``index`` alone on (B, C_z, h, w) -> (B, K, ...), in x's dtype (a float64 check of the VAT probe)."""
         return self._run(x, 1, slice(index, index + 1), native)[:, 0]

@@ -178,11 +178,13 @@ def guided_cutout(
     return z * cutout_mask(objects, erase, boxes).unsqueeze(1).to(z.dtype)
 
 
-def _per_sample_normalize(d: torch.Tensor) -> torch.Tensor:
-    """Unit L2 norm per sample. No additive epsilon: at xi=1e-6 the gradient's norm is far below the
-    1e-8 the official code adds, which then shrinks the perturbation to ~0 (official defect 11)."""
-    norm = d.flatten(1).norm(dim=1).clamp_min(torch.finfo(d.dtype).tiny)
-    return d / norm.view(-1, *([1] * (d.dim() - 1)))
+def _per_sample_normalize(d: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Unit L2 norm per sample and group: d (B, G*C, ...) is normalised over each (b, g) slice of
+    its C channels. No additive epsilon: at xi=1e-6 the gradient's norm is far below the 1e-8 the
+    official code adds, which then shrinks the perturbation to ~0 (official defect 11)."""
+    flat = d.reshape(d.shape[0], groups, -1)
+    norm = flat.norm(dim=2, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
+    return (flat / norm).view_as(d)
 
 
 def vat(
@@ -191,40 +193,52 @@ def vat(
     xi: float = 1e-6,
     eps: float = 2.0,
     iterations: int = 1,
+    groups: int | None = None,
 ) -> torch.Tensor:
     """I-VAT: ``z + r_adv`` where r_adv (norm ``eps`` per sample) maximises the KL between the
     decoder's predictions at z and at z + r, by ``iterations`` power iterations from a random probe.
 
-    ``decoder`` maps (B, C, h, w) features to (B, K, ...) logits (any pixel layout). One power
-    iteration takes the gradient in d of KL(p(z) || p(z + xi d)), which is xi^2 H d + O(xi^3) with
-    H = J^T F J (J the decoder's Jacobian at z, F the per-pixel Fisher of the softmax). For the
-    paper's xi = 1e-6 this is H d to 12 digits, so H d is computed directly, in float32: a forward-
-    mode product J d, F applied per pixel, then J^T by reverse mode. (A literal finite difference
-    needs float64: in float32 a 1e-6 step changes the logits by less than their rounding error. The
-    float64 probe gives the same direction, cosine 1.0000, at 3x the cost; a test compares them.)
-    For xi > 1e-3, where the difference from the limit matters, the finite difference is used.
+    ``decoder`` maps (B, C, h, w) features to (B, K, ...) logits (any pixel layout). With ``groups``
+    = G, the I-VAT of G decoders in one pass: z (B, G*C, h, w) holds their inputs (the features
+    repeated G times), ``decoder`` maps it to (B, G, K, ...), and every (sample, decoder) gets its
+    own random probe and its own r_adv of norm ``eps`` (the same as G separate calls, up to the
+    order in which the probes are drawn).
+
+    One power iteration takes the gradient in d of KL(p(z) || p(z + xi d)), which is xi^2 H d +
+    O(xi^3) with H = J^T F J (J the decoder's Jacobian at z, F the per-pixel Fisher of the softmax).
+    For the paper's xi = 1e-6 this is H d to 12 digits, so H d is computed directly, in float32: a
+    forward-mode product J d, F applied per pixel, then J^T by reverse mode. (A literal finite
+    difference needs float64: in float32 a 1e-6 step changes the logits by less than their rounding
+    error. The float64 probe gives the same direction, cosine 1.0000, at 3x the cost; a test
+    compares them.) For xi > 1e-3, where the difference from the limit matters, the finite
+    difference is used.
     """
+    g = groups or 1
+    class_dim = 1 if groups is None else 2
     z0 = z.detach()
-    d = _per_sample_normalize(torch.rand_like(z0) - 0.5)
+    d = _per_sample_normalize(torch.rand_like(z0) - 0.5, g)
     with torch.autocast(z.device.type, enabled=False), torch.enable_grad():
         z0 = z0.float()
         d = d.float()
         for _ in range(iterations):
-            d = _per_sample_normalize(_kl_probe(decoder, z0, d, xi))
+            d = _per_sample_normalize(_kl_probe(decoder, z0, d, xi, class_dim), g)
     return z + (eps * d).to(z.dtype)
 
 
-def _kl_probe(decoder: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, d: torch.Tensor, xi: float) -> torch.Tensor:
-    """The direction of grad_d KL(p(z) || p(z + xi d)) (up to a positive factor per sample)."""
+def _kl_probe(
+    decoder: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, d: torch.Tensor, xi: float, class_dim: int = 1
+) -> torch.Tensor:
+    """The direction of grad_d KL(p(z) || p(z + xi d)) (up to a positive factor per sample and
+    decoder); the decoder's logits have their classes along ``class_dim``."""
     if xi > 1e-3:
         with torch.no_grad():
-            target = F.softmax(decoder(z), dim=1)
+            target = F.softmax(decoder(z), dim=class_dim)
         d = d.detach().requires_grad_(True)
-        distance = F.kl_div(F.log_softmax(decoder(z + xi * d), dim=1), target, reduction="sum")
+        distance = F.kl_div(F.log_softmax(decoder(z + xi * d), dim=class_dim), target, reduction="sum")
         return torch.autograd.grad(distance, d)[0]
     logits, jd = torch.func.jvp(decoder, (z,), (d,))  # J d
-    p = F.softmax(logits.detach(), dim=1)
-    fisher_jd = p * jd - p * (p * jd).sum(1, keepdim=True)  # F J d, per pixel over the classes
+    p = F.softmax(logits.detach(), dim=class_dim)
+    fisher_jd = p * jd - p * (p * jd).sum(class_dim, keepdim=True)  # F J d, per pixel over the classes
     _, pullback = torch.func.vjp(decoder, z)
     return pullback(fisher_jd.detach())[0]  # J^T F J d
 

@@ -488,6 +488,25 @@ def test_vat_eps_scales_the_perturbation():
     torch.testing.assert_close((out - z).flatten(1).norm(dim=1), torch.full((3,), 0.5), rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("upsampling", ["pixelshuffle", "bilinear"])
+def test_vat_of_several_decoders_in_one_pass_equals_one_call_per_decoder(upsampling, monkeypatch):
+    """groups=G: the I-VAT of G decoders from one grouped pass equals G single-decoder calls started
+    from the same probes (each of norm eps per sample)."""
+    torch.manual_seed(0)
+    bank = DecoderBank(8, 3, 4, 3, upsampling)
+    z = torch.rand(2, 8, 5, 5) + 0.1
+    probes = torch.rand(2, 3 * 8, 5, 5)
+    monkeypatch.setattr(torch, "rand_like", lambda t: probes.clone())
+    grouped = P.vat(z.repeat(1, 3, 1, 1), lambda v: bank.decode_group(v, slice(0, 3), native=True), groups=3)
+    assert grouped.shape == (2, 24, 5, 5)
+    for g in range(3):
+        monkeypatch.setattr(torch, "rand_like", lambda t, g=g: probes[:, g * 8 : (g + 1) * 8].clone())
+        single = P.vat(z, lambda v, g=g: bank.decode_one(v, g, native=True))
+        torch.testing.assert_close(grouped[:, g * 8 : (g + 1) * 8], single, rtol=1e-5, atol=1e-6)
+        norms = (grouped[:, g * 8 : (g + 1) * 8] - z).flatten(1).norm(dim=1)
+        torch.testing.assert_close(norms, torch.full((2,), 2.0), rtol=1e-4, atol=0)
+
+
 def test_names_expose_all_seven_perturbations():
     from cct.config import PERTURBATIONS
 

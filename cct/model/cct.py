@@ -127,6 +127,53 @@ class CCT(nn.Module):
         """A full-resolution map (B, K, H, W) in the decoders' native layout (see DecoderBank)."""
         return self._head(domain).main.to_native(logits)
 
+    def _perturbation_runs(self, head: DecoderSet) -> list[tuple[str, slice]]:
+        """The auxiliary decoders as runs of one perturbation: [(kind, slice of decoder indices)]."""
+        runs, start = [], 0
+        for kind in PERTURBATIONS:
+            n = head.kinds.count(kind)
+            if n:
+                runs.append((kind, slice(start, start + n)))
+                start += n
+        return runs
+
+    def _perturb(self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None):
+        """Per run of decoders of one perturbation, in the decoders' order, what it does to z:
+        ``("input", x)``, x (B, G*C, h, w) the perturbed features of its G decoders (I-VAT, F-Noise);
+        ``("channels", s)``, s (B, G, C) a per-sample channel scale (DropOut); ``("pixels", m)``, m
+        (B, G, 1, h, w) a per-pixel mask (G-Cutout, Con-Msk, Obj-Msk, F-Drop). Random draws happen
+        here, in this order, so every consumer of the list sees the same perturbations."""
+        head = self._head(domain)
+        if head.aux is None:
+            raise ValueError("this model has no auxiliary decoders (all model.aux counts are 0)")
+        cfg = self.perturbation
+        objects = boxes = None
+        if any(k in ("cutout", "context_masking", "object_masking") for k in head.kinds):
+            objects = self.objects_map(main_logits.detach(), z.shape[-2:], domain)
+        out = []
+        for kind, heads in self._perturbation_runs(head):
+            n = heads.stop - heads.start
+            if kind == "vat":  # all I-VAT decoders in one pass
+                decoder = lambda v, heads=heads: head.aux.decode_group(v, heads, native=True)  # KL per pixel: any layout
+                out.append(("input", P.vat(z.repeat(1, n, 1, 1), decoder, cfg.vat_xi, cfg.vat_eps, cfg.vat_iterations, groups=n)))
+            elif kind == "feature_noise":
+                out.append(("input", torch.cat([P.feature_noise(z, cfg.feature_noise_range) for _ in range(n)], dim=1)))
+            elif kind == "dropout":
+                out.append(("channels", torch.stack([P.dropout_mask(z, cfg.dropout_p) for _ in range(n)], dim=1)))
+            else:
+                if kind == "cutout":
+                    if boxes is None:
+                        boxes = P.object_boxes(objects)
+                    masks = [P.cutout_mask(objects, cfg.cutout_erase, boxes).unsqueeze(1) for _ in range(n)]
+                elif kind == "context_masking":
+                    masks = [objects.unsqueeze(1)] * n
+                elif kind == "object_masking":
+                    masks = [(~objects).unsqueeze(1)] * n
+                else:  # feature_drop
+                    masks = [P.feature_drop_mask(z, cfg.feature_drop_range) for _ in range(n)]
+                out.append(("pixels", torch.stack(masks, dim=1).to(z.dtype)))
+        return out
+
     def auxiliary_inputs(self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None) -> torch.Tensor:
         """Every auxiliary decoder's perturbation of z (B, C, h, w), stacked along channels in the
         decoders' order -> (B, N_aux * C, h, w).
@@ -134,45 +181,15 @@ class CCT(nn.Module):
         ``main_logits`` (B, K, H, W) is the main decoder's prediction on the same images; it guides
         G-Cutout, Con-Msk and Obj-Msk (detached: the guide carries no gradient).
         """
-        head = self._head(domain)
-        if head.aux is None:
-            raise ValueError("this model has no auxiliary decoders (all model.aux counts are 0)")
-        cfg = self.perturbation
-        objects = None
-        if any(k in ("cutout", "context_masking", "object_masking") for k in head.kinds):
-            objects = self.objects_map(main_logits.detach(), z.shape[-2:], domain)
-        inputs, boxes = [], None
-        vat_heads = [index for index, kind in enumerate(head.kinds) if kind == "vat"]
-        if vat_heads:  # consecutive (kinds are grouped): all I-VAT decoders in one pass
-            heads = slice(vat_heads[0], vat_heads[-1] + 1)
-            inputs.append(
-                P.vat(
-                    z.repeat(1, len(vat_heads), 1, 1),
-                    lambda v: head.aux.decode_group(v, heads, native=True),  # KL is per pixel: any layout
-                    cfg.vat_xi,
-                    cfg.vat_eps,
-                    cfg.vat_iterations,
-                    groups=len(vat_heads),
-                )
-            )
-        for kind in head.kinds:
-            if kind == "vat":
-                continue
-            elif kind == "dropout":
-                inputs.append(P.dropout(z, cfg.dropout_p))
-            elif kind == "cutout":
-                if boxes is None:
-                    boxes = P.object_boxes(objects)
-                inputs.append(P.guided_cutout(z, objects, cfg.cutout_erase, boxes))
-            elif kind == "context_masking":
-                inputs.append(P.context_masking(z, objects))
-            elif kind == "object_masking":
-                inputs.append(P.object_masking(z, objects))
-            elif kind == "feature_drop":
-                inputs.append(P.feature_drop(z, cfg.feature_drop_range))
-            elif kind == "feature_noise":
-                inputs.append(P.feature_noise(z, cfg.feature_noise_range))
-        return torch.cat(inputs, dim=1)
+        parts = []
+        for how, t in self._perturb(z, main_logits, domain):
+            if how == "input":
+                parts.append(t)
+            elif how == "channels":
+                parts.append((z.unsqueeze(1) * t[..., None, None]).flatten(1, 2))
+            else:
+                parts.append((z.unsqueeze(1) * t).flatten(1, 2))
+        return torch.cat(parts, dim=1)
 
     def auxiliary(
         self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None, native: bool = False
@@ -189,8 +206,25 @@ class CCT(nn.Module):
         """Loss terms (T,) of the auxiliary decoders on their perturbations of z, reduced by
         ``terms`` over native-layout outputs without materialising them: the same values and
         gradients as ``terms(auxiliary(z, main_logits, native=True), slice(None))`` taken as sums /
-        counts (see :meth:`DecoderBank.objective`), at a fraction of the memory traffic."""
-        return self._head(domain).aux.objective(self.auxiliary_inputs(z, main_logits, domain), terms)
+        counts (see :meth:`DecoderBank.objective`), at a fraction of the memory traffic.
+
+        The perturbed features are never built either, except for I-VAT and F-Noise, which change
+        every value of z: a mask commutes with the decoders' 1x1 classifiers (W (z * m) = (W z) * m,
+        m per pixel) and channel dropout folds into their weights, so those decoders read z itself
+        (:meth:`DecoderBank.linear`), and the 30 copies of z and their gradients (0.2 GB each at the
+        paper's crop) are never allocated.
+        """
+        bank = self._head(domain).aux
+        runs = self._perturbation_runs(self._head(domain))
+        parts = []
+        for (kind, heads), (how, t) in zip(runs, self._perturb(z, main_logits, domain)):
+            if how == "input":
+                parts.append(bank.linear(t, heads))
+            elif how == "channels":
+                parts.append(bank.linear(z, heads, shared=True, channel_scale=t))
+            else:
+                parts.append(bank.linear(z, heads, shared=True) * t)
+        return bank.objective_from_linear(torch.cat(parts, dim=1), terms)
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, the rest): the paper trains a pretrained backbone at a 10x lower rate;

@@ -165,11 +165,44 @@ class DecoderBank(nn.Module):
         t = t if select is None else t[select.start * per : select.stop * per]
         return t.to(dtype)
 
-    def _stem(self, x: torch.Tensor, groups: int, select: slice | None = None) -> torch.Tensor:
-        """The 1x1 classifiers: (B, G*C_z, h, w) -> (B, G*K, h, w)."""
-        k = self.num_classes
-        bias = None if self.classifier_bias is None else self._take(self.classifier_bias, k, select, x.dtype)
-        return _grouped_1x1(x, self._take(self.classifier, k, select, x.dtype), bias, groups)
+    def linear(
+        self, x: torch.Tensor, select: slice | None = None, *, shared: bool = False,
+        channel_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The 1x1 classifiers of the decoders ``select`` (all if None), without their bias ->
+        (B, G, K, h, w).
+
+        ``x`` is (B, G*C_z, h, w), decoder g reading channels [g*C_z, (g+1)*C_z); or with ``shared``
+        one (B, C_z, h, w) that every decoder reads (one matmul, no copies). ``channel_scale``
+        (B, G, C_z), with ``shared``: decoder g reads x's channels scaled per sample, folded into
+        its weights (W (x * s) = (W * s) x), as channel dropout needs. A per-pixel mask m of the
+        input commutes too: W (x * m) = (W x) * m, which callers apply to the result; the bias,
+        added by :meth:`from_linear` and :meth:`objective_from_linear`, comes after it.
+        """
+        k, c = self.num_classes, self.in_channels
+        weight = self._take(self.classifier, k, select, x.dtype)  # (G*K, C, 1, 1)
+        groups = weight.shape[0] // k
+        b, _, h, w = x.shape
+        if not shared:
+            return _grouped_1x1(x, weight, None, groups).unflatten(1, (groups, k))
+        if channel_scale is None:
+            return _grouped_1x1(x, weight, None, 1).unflatten(1, (groups, k))
+        scaled = weight.view(1, groups, k, c) * channel_scale.unsqueeze(2)  # (B, G, K, C)
+        return torch.matmul(scaled.view(b, groups * k, c), x.reshape(b, c, h * w)).view(b, groups, k, h, w)
+
+    def from_linear(self, y: torch.Tensor, select: slice | None = None, native: bool = False) -> torch.Tensor:
+        """The rest of the decoders ``select`` after :meth:`linear`: bias, upsampling ->
+        (B, G, K, H, W), or with ``native`` the layout of :meth:`to_native`."""
+        b, groups, k, h, w = y.shape
+        if self.classifier_bias is not None:
+            y = y + self._take(self.classifier_bias, k, select, y.dtype).view(1, groups, k, 1, 1)
+        if self.upsampling == "bilinear":
+            return bilinear_upsample(y, self.upscale)
+        u = self._upsample(y.reshape(b, groups, k, 1, h * w), *self._stage_params(select, y.dtype))
+        u = u.view(b, groups, k, -1, h, w)
+        if self.stages == 0:  # upscale 1: native and image layouts coincide
+            return u[:, :, :, 0]
+        return u if native else self.to_image(u)
 
     def _upsample(self, u: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> torch.Tensor:
         """The sub-pixel stages in the native layout: (B, G, K, 1, P) -> (B, G, K, 4^n, P), for any
@@ -196,16 +229,7 @@ class DecoderBank(nn.Module):
 
     def _run(self, x: torch.Tensor, groups: int, select: slice | None = None, native: bool = False) -> torch.Tensor:
         """(B, G*C_z, h, w) -> (B, G, K, H, W), or with ``native`` the layout of :meth:`to_native`."""
-        k = self.num_classes
-        x = self._stem(x, groups, select)
-        if self.upsampling == "bilinear":
-            return bilinear_upsample(x, self.upscale).unflatten(1, (groups, k))
-        b, _, h, w = x.shape
-        u = self._upsample(x.view(b, groups, k, 1, h * w), *self._stage_params(select, x.dtype))
-        u = u.view(b, groups, k, -1, h, w)
-        if self.stages == 0:  # upscale 1: native and image layouts coincide
-            return u[:, :, :, 0]
-        return u if native else self.to_image(u)
+        return self.from_linear(self.linear(x, select), select, native)
 
     def objective(self, x: torch.Tensor, terms: Objective, chunk_elements: int | None = None) -> torch.Tensor:
         """Every decoder on x (B, count*C_z, h, w), reduced by ``terms`` to loss values (T,), without
@@ -220,13 +244,18 @@ class DecoderBank(nn.Module):
         decoders mix neighbouring rows: they run whole, with ``rows`` = all rows, in image layout.
         Values and gradients equal those of ``terms(self(x, native=True), slice(None))``.
         """
+        return self.objective_from_linear(self.linear(x), terms, chunk_elements)
+
+    def objective_from_linear(self, y: torch.Tensor, terms: Objective, chunk_elements: int | None = None) -> torch.Tensor:
+        """:meth:`objective` from the classifiers' outputs ``y`` (B, count, K, h, w) of :meth:`linear`
+        (for callers that fold perturbations into the classifiers)."""
         if self.upsampling == "bilinear" or self.stages == 0:
-            sums, counts = terms(self(x, native=True), slice(None))
+            sums, counts = terms(self.from_linear(y, native=True), slice(None))
             return sums / counts.clamp_min(1)
-        b, _, h, w = x.shape
-        stem = self._stem(x, self.count).view(b, self.count, self.num_classes, h, w)
+        b, _, _, h, w = y.shape
+        stem = y  # the pixel-shuffle decoders' classifiers have no bias
         if chunk_elements is None:
-            chunk_elements = (64 if x.is_cuda else 4) << 20
+            chunk_elements = (64 if y.is_cuda else 4) << 20
         per_row = b * self.count * self.num_classes * 4**self.stages * w
         rows = max(1, min(h, chunk_elements // per_row))
         weights, biases = self._stage_params(None, stem.dtype)

@@ -28,23 +28,33 @@ def feature_noise(z: torch.Tensor, uniform_range: float = 0.3) -> torch.Tensor:
     return z + z * noise.unsqueeze(0)
 
 
-def feature_drop(z: torch.Tensor, drop_range: tuple[float, float] = (0.7, 0.9)) -> torch.Tensor:
-    """F-Drop: zero the positions whose channel-mean activation reaches a drawn threshold.
-
-    Per sample, threshold = max(attention) * U(lo, hi), attention = mean of z over channels (B, 1, h, w);
-    positions with attention >= threshold (the most activated regions) are set to zero.
-    """
+def feature_drop_mask(z: torch.Tensor, drop_range: tuple[float, float] = (0.7, 0.9)) -> torch.Tensor:
+    """Keep-mask (B, 1, h, w) of F-Drop, in z's dtype: per sample, threshold = max(attention) *
+    U(lo, hi), attention = mean of z over channels; positions with attention >= threshold (the most
+    activated regions) are dropped (0), the rest kept (1)."""
     attention = z.mean(dim=1, keepdim=True)
     peak = attention.amax(dim=(2, 3), keepdim=True)
     lo, hi = drop_range
     fraction = torch.empty_like(peak).uniform_(lo, hi)
-    keep = attention < peak * fraction
-    return z * keep
+    return (attention < peak * fraction).to(z.dtype)
+
+
+def feature_drop(z: torch.Tensor, drop_range: tuple[float, float] = (0.7, 0.9)) -> torch.Tensor:
+    """F-Drop: zero the positions whose channel-mean activation reaches a drawn threshold (see
+    :func:`feature_drop_mask`)."""
+    return z * feature_drop_mask(z, drop_range)
+
+
+def dropout_mask(z: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    """Channel-dropout multipliers (B, C) for z (B, C, h, w), in z's dtype: 0 with probability
+    ``p``, else 1/(1-p) (spatial dropout, as ``F.dropout2d``)."""
+    keep = torch.empty(z.shape[:2], device=z.device, dtype=z.dtype).bernoulli_(1 - p)
+    return keep.div_(1 - p)  # p < 1 (validated by the config)
 
 
 def dropout(z: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     """DropOut: spatial (channel-wise) dropout with rate ``p``, kept channels scaled by 1/(1-p)."""
-    return F.dropout2d(z, p=p, training=True)
+    return z * dropout_mask(z, p)[:, :, None, None]
 
 
 def context_masking(z: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:

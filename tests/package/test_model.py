@@ -450,3 +450,44 @@ def test_chunked_objective_never_holds_a_full_resolution_output():
     full = 2 * count * k * (h * upscale) * (w * upscale)
     assert 0 < largest <= full // h
     assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("decoder, stride", [("pixelshuffle", 4), ("bilinear", 4), ("pixelshuffle", 8)])
+def test_auxiliary_objective_with_folded_perturbations_equals_the_materialised_decoders(decoder, stride):
+    """CCT.auxiliary_objective never builds the perturbed copies of z for the masking and dropout
+    decoders (masks and channel scales folded into the classifiers): same seed, same loss values
+    and the same gradients for z and every parameter as the decoders run on auxiliary_inputs and
+    reduced on their full outputs; every perturbation, objects present and absent."""
+    aux = dict(vat=2, dropout=2, cutout=2, context_masking=1, object_masking=1, feature_drop=2, feature_noise=2)
+    torch.manual_seed(0)
+    model = small_model(aux, classes=5, stride=stride, decoder=decoder).train()
+    bank = model.heads["main"].aux
+    with torch.no_grad():
+        if bank.classifier_bias is not None:
+            bank.classifier_bias.normal_()
+    z = torch.rand(2, model.encoder.out_channels, 6, 5) + 0.05
+    size = (6 * stride, 5 * stride)
+    main = torch.randn(2, 5, *size)
+    main[1, 0] += 10.0  # sample 1: background everywhere (no object, no box)
+    pseudo = torch.randint(0, 5, (2, *size))
+    terms = _objective_terms(bank, main, pseudo, "mse", None)
+    weights = torch.tensor([1.0, 0.4, 0.1])
+
+    def run(folded: bool):
+        zz = z.clone().requires_grad_(True)
+        model.zero_grad()
+        torch.manual_seed(7)
+        if folded:
+            values = model.auxiliary_objective(zz, main, terms)
+        else:
+            sums, counts = terms(model.auxiliary(zz, main, native=True), slice(None))
+            values = sums / counts.clamp_min(1)
+        (values * weights).sum().backward()
+        return values.detach(), zz.grad, {n: p.grad for n, p in bank.named_parameters()}
+
+    ref, got = run(False), run(True)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-8)
+    for name, g in got[2].items():
+        torch.testing.assert_close(g, ref[2][name], rtol=1e-5, atol=1e-8, msg=name)
+    assert ref[1].abs().sum() > 0

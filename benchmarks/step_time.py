@@ -47,16 +47,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_RUN_STEPS = 50 * 912  # the 1464-label VOC run: 50 epochs of ceil(9118 unlabelled / 10) iterations
 
 
-def _configs(device: str) -> dict[str, dict]:
+def _configs(device: str, precision: str = "auto") -> dict[str, dict]:
     gpu = device == "cuda"
+    bf16 = gpu if precision == "auto" else precision == "bf16"
     paper = yaml.safe_load((ROOT / "config/paper/voc.yaml").read_text())["cct"]
     embedded = yaml.safe_load((ROOT / "config/config.yaml").read_text())["cct"]
     return {
         "paper": dict(tree={"model": paper["model"] | {"pretrained": False}, "loss": paper["loss"]},
                       classes=21, background=[0], batch=10 if gpu else 2, crop=320, warmup=3 if gpu else 2,
-                      steps=20 if gpu else 5, bf16=gpu),
+                      steps=20 if gpu else 5, bf16=bf16),
         "embedded": dict(tree={"model": embedded["model"]}, classes=9, background=[0], batch=8, crop=48,
-                         warmup=3, steps=20, bf16=False),
+                         warmup=3, steps=20, bf16=bf16),
     }
 
 
@@ -74,7 +75,7 @@ def _one_by_one(model):
     return objective
 
 
-def measure(name: str, row: str, device_name: str, threads: int, steps: int | None) -> list[dict]:
+def measure(name: str, row: str, device_name: str, threads: int, steps: int | None, precision: str) -> list[dict]:
     """Row ``row`` in this (fresh) process: median step seconds, images/s and peak memory. Row
     ``semi`` also gives ``semi-no-aux``, its steps interleaved with semi's so that drifts of the
     machine's speed cancel in the aux share (peak memory: semi's; the other's is not separable)."""
@@ -82,7 +83,7 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
     from cct.model.cct import CCT
     from cct.train import losses, step_loss
 
-    spec = _configs(device_name)[name]
+    spec = _configs(device_name, precision)[name]
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = torch.device(device_name)
@@ -161,6 +162,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default: 5 paper on CPU, else 20)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="autocast dtype of the step (auto: bf16 on CUDA, fp32 on CPU); the baseline row is fp32")
     parser.add_argument("--baseline", action="store_true", help="add the one-by-one float32 decoders row")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -174,7 +177,7 @@ def main() -> None:
     for name in [args.only] if args.only else ["paper", "embedded"]:
         got = {}
         for row in rows:
-            for r in _in_fresh_process(name, row, args.device, args.threads, args.steps):
+            for r in _in_fresh_process(name, row, args.device, args.threads, args.steps, args.precision):
                 got[r["row"]] = r
                 share = f"{r['aux_share']:.0%}" if "aux_share" in r else ""
                 run = f"{r['paper_run_h']:.1f} h" if r["paper_run_h"] is not None else ""

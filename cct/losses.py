@@ -80,8 +80,7 @@ class _SoftmaxSquaredError(torch.autograd.Function):
             p = torch.softmax(logits, dim=2)
             d = p - target
             total = torch.linalg.vecdot(d.flatten(), d.flatten())
-            d.mul_(2.0)
-            ctx.grad = p.mul_(d - (p * d).sum(dim=2, keepdim=True))
+            ctx.grad = p.mul_(d.sub_((p * d).sum(dim=2, keepdim=True)))  # half the gradient
             return total
         total = logits.new_zeros((), dtype=torch.float64)
         for n in range(logits.shape[1]):
@@ -93,7 +92,7 @@ class _SoftmaxSquaredError(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         if ctx.grad is not None:
-            return ctx.grad * grad_out, None
+            return ctx.grad * (2.0 * grad_out), None
         logits, target = ctx.saved_tensors
         grad = torch.empty_like(logits)
         for n in range(logits.shape[1]):

@@ -491,3 +491,34 @@ def test_auxiliary_objective_with_folded_perturbations_equals_the_materialised_d
     for name, g in got[2].items():
         torch.testing.assert_close(g, ref[2][name], rtol=1e-5, atol=1e-8, msg=name)
     assert ref[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("upsampling, upscale", [("pixelshuffle", 8), ("pixelshuffle", 2), ("bilinear", 4)])
+def test_batched_decoders_have_the_gradients_of_the_decoders_run_one_by_one(upsampling, upscale):
+    """The batched bank against `count` single-decoder banks holding each decoder's weights (the
+    official one-by-one loop): the same gradients for the inputs and every decoder's parameters,
+    to 1e-5 relative in float32."""
+    torch.manual_seed(0)
+    count, c, k = 3, 6, 4
+    bank = DecoderBank(c, k, upscale, count, upsampling)
+    with torch.no_grad():
+        for b in [*bank.up_biases, *([bank.classifier_bias] if bank.classifier_bias is not None else [])]:
+            b.normal_()
+    x = torch.randn(2, count * c, 3, 4, requires_grad=True)
+    g = torch.randn(2, count, k, 3 * upscale, 4 * upscale)
+    (bank(x) * g).sum().backward()
+    singles, xs = [], []
+    for i in range(count):
+        single = DecoderBank(c, k, upscale, 1, upsampling)
+        with torch.no_grad():
+            for name, p in single.named_parameters():
+                per = p.shape[0]
+                p.copy_(dict(bank.named_parameters())[name][i * per : (i + 1) * per])
+        xi = x.detach()[:, i * c : (i + 1) * c].clone().requires_grad_(True)
+        (single(xi)[:, 0] * g[:, i]).sum().backward()
+        singles.append(single)
+        xs.append(xi)
+    torch.testing.assert_close(x.grad, torch.cat([xi.grad for xi in xs], dim=1), rtol=1e-5, atol=1e-6)
+    for name, p in bank.named_parameters():
+        one_by_one = torch.cat([dict(s.named_parameters())[name].grad for s in singles])
+        torch.testing.assert_close(p.grad, one_by_one, rtol=1e-5, atol=1e-5, msg=name)

@@ -126,7 +126,7 @@ def consistency_sums(
     KL(main || aux) per pixel; ``js``: Jensen-Shannon per pixel.
     """
     if kind == "mse" and mask is None:  # every element counts: the fused form
-        return _SoftmaxSquaredError.apply(aux_logits, target_prob), aux_logits.new_tensor(float(aux_logits.numel()))
+        return _SoftmaxSquaredError.apply(aux_logits, target_prob), aux_logits.new_full((), float(aux_logits.numel()))
     log_p = F.log_softmax(aux_logits, dim=2)
     if kind == "mse":
         per = ((log_p.exp() - target_prob) ** 2).mean(dim=2)  # (B, N, *P), averaged over K
@@ -140,7 +140,7 @@ def consistency_sums(
     else:
         raise ValueError(f"loss.consistency: unknown kind {kind!r}")
     if mask is None:
-        return per.sum(), per.new_tensor(float(per.numel()))
+        return per.sum(), per.new_full((), float(per.numel()))
     mask = mask.expand_as(per)
     return (per * mask).sum(), mask.sum().to(per.dtype)
 
@@ -169,7 +169,7 @@ def pairwise_sums(aux_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     """(sum, count) of the supplementary pair-wise loss over the pixels of ``aux_logits`` (B, N, K, *P)."""
     p = F.softmax(aux_logits, dim=2)
     per = ((p - p.mean(dim=1, keepdim=True)) ** 2).mean(dim=1).sum(dim=1)  # (B, *P)
-    return per.sum(), per.new_tensor(float(per.numel()))
+    return per.sum(), per.new_full((), float(per.numel()))
 
 
 def pairwise_loss(aux_logits: torch.Tensor) -> torch.Tensor:

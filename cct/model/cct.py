@@ -138,11 +138,12 @@ class CCT(nn.Module):
         return runs
 
     def _perturb(self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None):
-        """Per run of decoders of one perturbation, in the decoders' order, what it does to z:
-        ``("input", x)``, x (B, G*C, h, w) the perturbed features of its G decoders (I-VAT, F-Noise);
-        ``("channels", s)``, s (B, G, C) a per-sample channel scale (DropOut); ``("pixels", m)``, m
-        (B, G, 1, h, w) a per-pixel mask (G-Cutout, Con-Msk, Obj-Msk, F-Drop). Random draws happen
-        here, in this order, so every consumer of the list sees the same perturbations."""
+        """Per run of decoders of one perturbation, in the decoders' order, ``(decoders, how, t)``:
+        the slice of their indices and what the perturbation does to z: ``"input"``, t (B, G*C, h, w)
+        the perturbed features of its G decoders (I-VAT, F-Noise); ``"channels"``, t (B, G, C) a
+        per-sample channel scale (DropOut); ``"pixels"``, t (B, G, 1, h, w) a per-pixel mask
+        (G-Cutout, Con-Msk, Obj-Msk, F-Drop). Random draws happen here, in this order, so every
+        consumer of the list sees the same perturbations."""
         head = self._head(domain)
         if head.aux is None:
             raise ValueError("this model has no auxiliary decoders (all model.aux counts are 0)")
@@ -155,11 +156,11 @@ class CCT(nn.Module):
             n = heads.stop - heads.start
             if kind == "vat":  # all I-VAT decoders in one pass
                 decoder = lambda v, heads=heads: head.aux.decode_group(v, heads, native=True)  # KL per pixel: any layout
-                out.append(("input", P.vat(z.repeat(1, n, 1, 1), decoder, cfg.vat_xi, cfg.vat_eps, cfg.vat_iterations, groups=n)))
+                out.append((heads, "input", P.vat(z.repeat(1, n, 1, 1), decoder, cfg.vat_xi, cfg.vat_eps, cfg.vat_iterations, groups=n)))
             elif kind == "feature_noise":
-                out.append(("input", torch.cat([P.feature_noise(z, cfg.feature_noise_range) for _ in range(n)], dim=1)))
+                out.append((heads, "input", torch.cat([P.feature_noise(z, cfg.feature_noise_range) for _ in range(n)], dim=1)))
             elif kind == "dropout":
-                out.append(("channels", torch.stack([P.dropout_mask(z, cfg.dropout_p) for _ in range(n)], dim=1)))
+                out.append((heads, "channels", torch.stack([P.dropout_mask(z, cfg.dropout_p) for _ in range(n)], dim=1)))
             else:
                 if kind == "cutout":
                     if boxes is None:
@@ -171,7 +172,7 @@ class CCT(nn.Module):
                     masks = [(~objects).unsqueeze(1)] * n
                 else:  # feature_drop
                     masks = [P.feature_drop_mask(z, cfg.feature_drop_range) for _ in range(n)]
-                out.append(("pixels", torch.stack(masks, dim=1).to(z.dtype)))
+                out.append((heads, "pixels", torch.stack(masks, dim=1).to(z.dtype)))
         return out
 
     def auxiliary_inputs(self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None) -> torch.Tensor:
@@ -182,7 +183,7 @@ class CCT(nn.Module):
         G-Cutout, Con-Msk and Obj-Msk (detached: the guide carries no gradient).
         """
         parts = []
-        for how, t in self._perturb(z, main_logits, domain):
+        for _, how, t in self._perturb(z, main_logits, domain):
             if how == "input":
                 parts.append(t)
             elif how == "channels":
@@ -215,9 +216,8 @@ class CCT(nn.Module):
         paper's crop) are never allocated.
         """
         bank = self._head(domain).aux
-        runs = self._perturbation_runs(self._head(domain))
         parts = []
-        for (kind, heads), (how, t) in zip(runs, self._perturb(z, main_logits, domain)):
+        for heads, how, t in self._perturb(z, main_logits, domain):
             if how == "input":
                 parts.append(bank.linear(t, heads))
             elif how == "channels":

@@ -91,13 +91,13 @@ class _ChunkedObjective(torch.autograd.Function):
             if sums is None:
                 sums, counts = s.detach().clone(), c.detach().clone().to(s.dtype)
                 grads = [[None] * (1 + len(params)) for _ in range(s.numel())]
+                picks = torch.eye(s.numel(), dtype=s.dtype, device=s.device)  # one term at a time, no host copy
             else:
                 sums += s.detach()
                 counts += c.detach()
             inputs = [(piece, *leaves)[i] for i in wanted]
             for t in range(s.numel() if inputs and s.requires_grad else 0):
-                pick = torch.zeros_like(s).index_fill_(0, torch.tensor(t, device=s.device), 1.0)
-                got = torch.autograd.grad(s, inputs, pick, retain_graph=t + 1 < s.numel(), allow_unused=True)
+                got = torch.autograd.grad(s, inputs, picks[t], retain_graph=t + 1 < s.numel(), allow_unused=True)
                 for i, grad in zip(wanted, got):
                     if grad is None:
                         continue
@@ -302,4 +302,4 @@ class DecoderBank(nn.Module):
 
     def decode_one(self, x: torch.Tensor, index: int, native: bool = False) -> torch.Tensor:
         """Decoder ``index`` alone on (B, C_z, h, w) -> (B, K, ...), in x's dtype (a float64 check of the VAT probe)."""
-        return self._run(x, 1, slice(index, index + 1), native)[:, 0]
+        return self.decode_group(x, slice(index, index + 1), native)[:, 0]

@@ -81,7 +81,7 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
     machine's speed cancel in the aux share (peak memory: semi's; the other's is not separable)."""
     from cct.config import from_dict
     from cct.model.cct import CCT
-    from cct.train import losses, step_loss
+    from cct.train import step_loss
 
     spec = _configs(device_name, precision)[name]
     torch.set_num_threads(threads)

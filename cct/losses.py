@@ -102,8 +102,10 @@ class _SoftmaxSquaredError(torch.autograd.Function):
         return grad, None
 
 
-_FUSED_AT_ONCE = 16 << 20
-"""Inputs of :class:`_SoftmaxSquaredError` up to this many elements are done in one vectorised pass."""
+_FUSED_AT_ONCE = 64 << 20
+"""Inputs of :class:`_SoftmaxSquaredError` up to this many elements are done in one vectorised pass:
+at least the largest chunk of :meth:`cct.model.decoders.DecoderBank.objective` (its GPU chunk), so
+that every chunk takes the one-pass form."""
 
 
 def confidence_mask(target_prob: torch.Tensor, threshold: float | None) -> torch.Tensor | None:

@@ -57,6 +57,10 @@ def bilinear_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     return rows @ x @ cols.T
 
 
+CHUNK_ELEMENTS = {"cpu": 4 << 20, "cuda": 64 << 20}
+"""Default output values per chunk of :meth:`DecoderBank.objective`: on CPU the chunk then stays in
+cache; on GPU a chunk is large enough to fill the device."""
+
 Objective = Callable[[torch.Tensor, slice], tuple[torch.Tensor, torch.Tensor]]
 """``terms(logits, rows) -> (sums (T,), counts (T,))``: see :meth:`DecoderBank.objective`."""
 
@@ -239,8 +243,7 @@ class DecoderBank(nn.Module):
         rows ``rows`` (a slice of h) and returns ``(sums, counts)``, each (T,), that add over disjoint
         row ranges; the result is ``sums / counts`` over all rows. With pixel-shuffle decoders every
         output pixel depends on one base pixel, so the rows are run in chunks of at most
-        ``chunk_elements`` output values (default: 4M on CPU, where the chunk then stays in cache,
-        64M on GPU), each forward and backward at once (:class:`_ChunkedObjective`). Bilinear
+        ``chunk_elements`` output values (default: :data:`CHUNK_ELEMENTS`), each forward and backward at once (:class:`_ChunkedObjective`). Bilinear
         decoders mix neighbouring rows: they run whole, with ``rows`` = all rows, in image layout.
         Values and gradients equal those of ``terms(self(x, native=True), slice(None))``.
         """
@@ -255,7 +258,7 @@ class DecoderBank(nn.Module):
         b, _, _, h, w = y.shape
         stem = y  # the pixel-shuffle decoders' classifiers have no bias
         if chunk_elements is None:
-            chunk_elements = (64 if y.is_cuda else 4) << 20
+            chunk_elements = CHUNK_ELEMENTS["cuda" if y.is_cuda else "cpu"]
         per_row = b * self.count * self.num_classes * 4**self.stages * w
         rows = max(1, min(h, chunk_elements // per_row))
         weights, biases = self._stage_params(None, stem.dtype)

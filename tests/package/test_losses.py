@@ -247,3 +247,11 @@ def test_fused_softmax_mse_matches_autograd_reference_value_and_gradient(at_once
     (g_ref,) = torch.autograd.grad(reference, aux)
     torch.testing.assert_close(g_fused, g_ref)
     assert torch.autograd.gradcheck(lambda a: L.consistency_loss(a, main, "mse"), (aux,))
+
+
+def test_every_chunk_of_the_decoders_objective_takes_the_one_pass_fused_loss():
+    """The one-pass form of the fused MSE (gradient with the value) covers the largest default chunk
+    of DecoderBank.objective, CPU and GPU; only materialised full stacks take the per-decoder loop."""
+    from cct.model.decoders import CHUNK_ELEMENTS
+
+    assert L._FUSED_AT_ONCE >= max(CHUNK_ELEMENTS.values())

@@ -264,6 +264,57 @@ class DecoderBank(nn.Module):
         weights, biases = self._stage_params(None, stem.dtype)
         return _ChunkedObjective.apply(stem, self._upsample, terms, rows, len(weights), *weights, *biases)
 
+    def fisher_product(self, x: torch.Tensor, d: torch.Tensor, select: slice, chunk_elements: int | None = None) -> torch.Tensor:
+        """J^T F J d for the decoders ``select`` at inputs x, direction d, both (B, G*C_z, h, w) as in
+        :meth:`decode_group` -> (B, G*C_z, h, w): J the decoders' Jacobian, F the softmax's Fisher
+        per output pixel (``diag(p) - p p^T`` over the classes). I-VAT's probe at small xi
+        (:func:`cct.model.perturbations.vat`).
+
+        Pixel-shuffle decoders are piecewise linear in their stem, so J d runs forward with the
+        values (the stem of d, each stage's weights without bias, masked by where the value's ReLU is
+        open) and J^T back through the same masks: over chunks of base rows as :meth:`objective`
+        does, so no full-resolution tensor is allocated, and one forward pass instead of the three
+        that ``torch.func.jvp`` + ``vjp`` take. Written by hand for that reason; other decoders go
+        through ``torch.func``, which gives the same values (tested).
+        """
+        groups = select.stop - select.start
+        if self.upsampling == "bilinear" or self.stages == 0:
+            decoder = lambda v: self.decode_group(v, select, native=True)  # noqa: E731
+            logits, jd = torch.func.jvp(decoder, (x,), (d,))
+            p = torch.softmax(logits.detach(), dim=2)
+            _, pullback = torch.func.vjp(decoder, x)
+            return pullback((p * jd - p * (p * jd).sum(2, keepdim=True)).detach())[0]
+        with torch.no_grad():
+            stem, stem_d = self.linear(x, select), self.linear(d, select)  # (B, G, K, h, w)
+            b, _, k, h, w = stem.shape
+            weights, biases = self._stage_params(select, x.dtype)
+            if chunk_elements is None:
+                chunk_elements = CHUNK_ELEMENTS["cuda" if x.is_cuda else "cpu"]
+            rows = max(1, min(h, chunk_elements // (b * groups * k * 4**self.stages * w)))
+            back = torch.empty_like(stem)
+            for r0 in range(0, h, rows):
+                span = slice(r0, min(r0 + rows, h))
+                u = stem[:, :, :, span].reshape(b, groups, k, 1, -1)
+                t = stem_d[:, :, :, span].reshape(b, groups, k, 1, -1)
+                opens = []
+                for weight, bias in zip(weights, biases):
+                    s, p = u.shape[3], u.shape[4]
+                    wg = weight.view(groups, 4 * k, k)
+                    y = torch.matmul(wg, u.reshape(b, groups, k, s * p)).add_(bias.view(1, groups, 4 * k, 1))
+                    opens.append(y > 0)
+                    u = y.relu_().view(b, groups, k, 4 * s, p)
+                    t = torch.matmul(wg, t.reshape(b, groups, k, s * p)).mul_(opens[-1]).view(b, groups, k, 4 * s, p)
+                prob = torch.softmax(u, dim=2)
+                v = t.sub_((prob * t).sum(dim=2, keepdim=True)).mul_(prob)  # F J d, per pixel
+                for weight, open_ in zip(reversed(weights), reversed(opens)):
+                    s = v.shape[3] // 4
+                    v = v.reshape(b, groups, 4 * k, -1).mul_(open_)
+                    v = torch.matmul(weight.view(groups, 4 * k, k).transpose(1, 2), v).view(b, groups, k, s, -1)
+                back[:, :, :, span] = v.view(b, groups, k, -1, w)
+            # J^T through the classifiers: decoder g's (K, C) weights transposed, per group
+            weight = self._take(self.classifier, k, select, x.dtype).view(groups, k, -1)
+            return torch.matmul(weight.transpose(1, 2), back.reshape(b, groups, k, h * w)).view_as(x)
+
     def to_image(self, u: torch.Tensor) -> torch.Tensor:
         """Native (..., K, 4^n, h, w) -> (..., K, h*2^n, w*2^n), as n PixelShuffle(2) stages place it."""
         n = self.stages

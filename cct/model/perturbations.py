@@ -204,6 +204,7 @@ def vat(
     eps: float = 2.0,
     iterations: int = 1,
     groups: int | None = None,
+    fisher: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """I-VAT: ``z + r_adv`` where r_adv (norm ``eps`` per sample) maximises the KL between the
     decoder's predictions at z and at z + r, by ``iterations`` power iterations from a random probe.
@@ -221,7 +222,9 @@ def vat(
     difference needs float64: in float32 a 1e-6 step changes the logits by less than their rounding
     error. The float64 probe gives the same direction, cosine 1.0000, at 3x the cost; a test
     compares them.) For xi > 1e-3, where the difference from the limit matters, the finite
-    difference is used.
+    difference is used. ``fisher``: a function ``(z, d) -> J^T F J d`` that computes H d for the
+    same decoder(s) by other means (e.g. :meth:`cct.model.decoders.DecoderBank.fisher_product`, in
+    chunks); used at small xi instead of the generic forward and reverse passes through ``decoder``.
     """
     g = groups or 1
     class_dim = 1 if groups is None else 2
@@ -231,7 +234,8 @@ def vat(
         z0 = z0.float()
         d = d.float()
         for _ in range(iterations):
-            d = _per_sample_normalize(_kl_probe(decoder, z0, d, xi, class_dim), g)
+            probe = fisher(z0, d) if fisher is not None and xi <= 1e-3 else _kl_probe(decoder, z0, d, xi, class_dim)
+            d = _per_sample_normalize(probe, g)
     return z + (eps * d).to(z.dtype)
 
 

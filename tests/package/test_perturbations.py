@@ -507,6 +507,51 @@ def test_vat_of_several_decoders_in_one_pass_equals_one_call_per_decoder(upsampl
         torch.testing.assert_close(norms, torch.full((2,), 2.0), rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("upsampling, upscale, chunk_elements", [
+    ("pixelshuffle", 8, 1), ("pixelshuffle", 8, 3000), ("pixelshuffle", 8, None), ("pixelshuffle", 2, 1),
+    ("pixelshuffle", 1, None), ("bilinear", 4, None)])
+def test_fisher_product_in_chunks_equals_the_generic_probe(upsampling, upscale, chunk_elements):
+    """DecoderBank.fisher_product (J d forward with the values, J^T back through the same ReLU
+    masks, chunk by chunk of base rows) gives the probe of torch.func's jvp + vjp, for a group of
+    decoders inside the bank, whatever the chunk size."""
+    torch.manual_seed(0)
+    bank = DecoderBank(12, 5, upscale, 4, upsampling)
+    x = torch.randn(2, 3 * 12, 7, 6).relu()
+    d = torch.randn_like(x)
+    heads = slice(1, 4)
+    fast = bank.fisher_product(x, d, heads, chunk_elements)
+    generic = P._kl_probe(lambda v: bank.decode_group(v, heads, native=True), x, d, xi=1e-6, class_dim=2)
+    assert fast.shape == x.shape
+    torch.testing.assert_close(fast, generic, rtol=1e-5, atol=1e-5 * generic.abs().max().item())
+    # each decoder's probe depends on its own input and direction only
+    d2 = d.clone()
+    d2[:, :12] = 0
+    changed = bank.fisher_product(x, d2, heads, chunk_elements)
+    torch.testing.assert_close(changed[:, 12:], fast[:, 12:], rtol=1e-5, atol=1e-6 * generic.abs().max().item())
+    assert changed[:, :12].abs().max() == 0
+
+
+def test_vat_with_the_fisher_product_equals_vat_through_the_decoder(monkeypatch):
+    """P.vat(fisher=...) at the paper's xi gives the perturbation of the generic probe (same draws);
+    at a large xi, where the finite difference is taken, ``fisher`` is not used."""
+    torch.manual_seed(0)
+    bank = DecoderBank(8, 3, 8, 2)
+    z = (torch.rand(2, 8, 5, 5) + 0.1).repeat(1, 2, 1, 1)
+    probes = torch.rand(2, 16, 5, 5)
+    monkeypatch.setattr(torch, "rand_like", lambda t: probes.clone())
+    decoder = lambda v: bank.decode_group(v, slice(0, 2), native=True)  # noqa: E731
+    fisher = lambda v, d: bank.fisher_product(v, d, slice(0, 2))  # noqa: E731
+    for iterations in (1, 2):
+        plain = P.vat(z, decoder, iterations=iterations, groups=2)
+        folded = P.vat(z, decoder, iterations=iterations, groups=2, fisher=fisher)
+        torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-6)
+
+    def refuse(v, d):
+        raise AssertionError("fisher used at a large xi")
+
+    assert P.vat(z, decoder, xi=0.5, groups=2, fisher=refuse).shape == z.shape
+
+
 def test_names_expose_all_seven_perturbations():
     from cct.config import PERTURBATIONS
 

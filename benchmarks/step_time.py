@@ -80,10 +80,13 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
     ``semi`` also gives ``semi-no-aux``, its steps interleaved with semi's so that drifts of the
     machine's speed cancel in the aux share (peak memory: semi's; the other's is not separable)."""
     from cct.config import from_dict
+    from cct.host import keep_freed_memory
     from cct.model.cct import CCT
     from cct.train import step_loss
 
     spec = _configs(device_name, precision)[name]
+    if device_name == "cpu":  # as the trainer does (cct.host)
+        keep_freed_memory()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = torch.device(device_name)

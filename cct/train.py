@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import torchvision
 
 import cct
-from cct import distributed, losses
+from cct import distributed, host, losses
 from cct.config import ConfigError, DataConfig, RunConfig, save_config
 from cct.data.base import Source, load_source
 from cct.data.loader import batch_stream
@@ -211,6 +211,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
         torch.backends.cudnn.benchmark = True
     else:
         torch.use_deterministic_algorithms(True)
+        host.keep_freed_memory()
 
     domains = load_domains(config)
     semi = tc.mode == "semi"

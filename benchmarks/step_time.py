@@ -14,7 +14,9 @@ on random tensors: a step's cost does not depend on the pixels. Configurations:
 * ``embedded``: config/config.yaml's model on the embedded dataset's 48 px crops, batch 8 + 8.
 
 Rows: ``supervised`` (labelled batch only), ``semi`` (CCT), and ``semi-no-aux`` (the unlabelled pass
-without the auxiliary decoders; ``aux share`` = 1 - semi-no-aux / semi). ``--baseline`` adds
+without the auxiliary decoders, its steps alternating with semi's; ``aux share`` = the median over
+those pairs of (semi - semi-no-aux), over the median semi step: pairing cancels the drifts of the
+machine's speed, which on a shared CPU are larger than the share itself). ``--baseline`` adds
 ``semi-1by1-fp32``: the auxiliary decoders run one after another on full-resolution outputs with the
 loss on the materialised stack, in float32 (the official implementation's path, inside this code).
 Each row runs in a fresh process, so ``peak mem`` is that row's own: the process's peak resident
@@ -149,7 +151,8 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
                     "images_per_s": images / seconds, "peak_mem_gb": peak / 1e9 if v == row else None,
                     "paper_run_h": seconds * PAPER_RUN_STEPS / 3600 if name == "paper" and v == row else None})
     if row == "semi":
-        out[0]["aux_share"] = 1 - out[1]["step_s"] / out[0]["step_s"]
+        paired = statistics.median(a - b for a, b in zip(times["semi"], times["semi-no-aux"]))
+        out[0]["aux_share"] = paired / out[0]["step_s"]
     return out
 
 

@@ -296,19 +296,19 @@ class DecoderBank(nn.Module):
                 span = slice(r0, min(r0 + rows, h))
                 u = stem[:, :, :, span].reshape(b, groups, k, 1, -1)
                 t = stem_d[:, :, :, span].reshape(b, groups, k, 1, -1)
-                opens = []
+                shut = []  # where each stage's ReLU is closed (its derivative 0, as autograd's at 0)
                 for weight, bias in zip(weights, biases):
                     s, p = u.shape[3], u.shape[4]
                     wg = weight.view(groups, 4 * k, k)
                     y = torch.matmul(wg, u.reshape(b, groups, k, s * p)).add_(bias.view(1, groups, 4 * k, 1))
-                    opens.append(y > 0)
+                    shut.append(y <= 0)
                     u = y.relu_().view(b, groups, k, 4 * s, p)
-                    t = torch.matmul(wg, t.reshape(b, groups, k, s * p)).mul_(opens[-1]).view(b, groups, k, 4 * s, p)
+                    t = torch.matmul(wg, t.reshape(b, groups, k, s * p)).masked_fill_(shut[-1], 0).view(b, groups, k, 4 * s, p)
                 prob = torch.softmax(u, dim=2)
                 v = t.sub_((prob * t).sum(dim=2, keepdim=True)).mul_(prob)  # F J d, per pixel
-                for weight, open_ in zip(reversed(weights), reversed(opens)):
+                for weight, closed in zip(reversed(weights), reversed(shut)):
                     s = v.shape[3] // 4
-                    v = v.reshape(b, groups, 4 * k, -1).mul_(open_)
+                    v = v.reshape(b, groups, 4 * k, -1).masked_fill_(closed, 0)
                     v = torch.matmul(weight.view(groups, 4 * k, k).transpose(1, 2), v).view(b, groups, k, s, -1)
                 back[:, :, :, span] = v.view(b, groups, k, -1, w)
             # J^T through the classifiers: decoder g's (K, C) weights transposed, per group

@@ -156,7 +156,9 @@ class CCT(nn.Module):
             n = heads.stop - heads.start
             if kind == "vat":  # all I-VAT decoders in one pass
                 decoder = lambda v, heads=heads: head.aux.decode_group(v, heads, native=True)  # KL per pixel: any layout
-                fisher = lambda v, d, heads=heads: head.aux.fisher_product(v, d, heads)  # the probe in chunks
+                fisher = None  # the generic probe through ``decoder``, or in chunks:
+                if head.aux.upsampling == "pixelshuffle":
+                    fisher = lambda v, d, heads=heads: head.aux.fisher_product(v, d, heads)  # noqa: E731
                 out.append((heads, "input", P.vat(z.repeat(1, n, 1, 1), decoder, cfg.vat_xi, cfg.vat_eps,
                                                   cfg.vat_iterations, groups=n, fisher=fisher)))
             elif kind == "feature_noise":

@@ -274,16 +274,13 @@ class DecoderBank(nn.Module):
         values (the stem of d, each stage's weights without bias, masked by where the value's ReLU is
         open) and J^T back through the same masks: over chunks of base rows as :meth:`objective`
         does, so no full-resolution tensor is allocated, and one forward pass instead of the three
-        that ``torch.func.jvp`` + ``vjp`` take. Written by hand for that reason; other decoders go
-        through ``torch.func``, which gives the same values (tested).
+        that ``torch.func.jvp`` + ``vjp`` take (written by hand for that reason; tested equal to
+        them). Pixel-shuffle decoders only: bilinear ones mix neighbouring rows, and
+        :func:`cct.model.perturbations.vat` takes the generic probe for them.
         """
+        if self.upsampling != "pixelshuffle":
+            raise ValueError(f"fisher_product: pixel-shuffle decoders only, not {self.upsampling!r}")
         groups = select.stop - select.start
-        if self.upsampling == "bilinear" or self.stages == 0:
-            decoder = lambda v: self.decode_group(v, select, native=True)  # noqa: E731
-            logits, jd = torch.func.jvp(decoder, (x,), (d,))
-            p = torch.softmax(logits.detach(), dim=2)
-            _, pullback = torch.func.vjp(decoder, x)
-            return pullback((p * jd - p * (p * jd).sum(2, keepdim=True)).detach())[0]
         with torch.no_grad():
             stem, stem_d = self.linear(x, select), self.linear(d, select)  # (B, G, K, h, w)
             b, _, k, h, w = stem.shape

@@ -57,6 +57,18 @@ def bilinear_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     return rows @ x @ cols.T
 
 
+def _stage(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One sub-pixel stage of G decoders in the native layout (see :meth:`DecoderBank._upsample`):
+    (B, G, K, S, P) -> (B, G, K, 4S, P). ``weight`` (G*4K, K, 1, 1); with ``bias`` (G*4K,) the
+    stage itself, ReLU included; without, its linear part alone (a tangent's or a gradient's
+    ReLU mask is the caller's)."""
+    b, groups, k, s, p = u.shape
+    y = torch.matmul(weight.view(groups, 4 * k, k), u.reshape(b, groups, k, s * p))
+    if bias is not None:  # in place: neither matmul's nor add's backward needs y, and relu's needs only its output
+        y = y.add_(bias.view(1, groups, 4 * k, 1)).relu_()
+    return y.view(b, groups, k, 4 * s, p)
+
+
 CHUNK_ELEMENTS = {"cpu": 4 << 20, "cuda": 64 << 20}
 """Default output values per chunk of :meth:`DecoderBank.objective`: on CPU the chunk then stays in
 cache; on GPU a chunk is large enough to fill the device."""
@@ -218,12 +230,8 @@ class DecoderBank(nn.Module):
         becomes the slowest part of the sub-pixel axis S. :meth:`to_image` then gives
         PixelShuffle's exact arrangement; per-pixel losses skip it.
         """
-        b, groups, k, _, p = u.shape
         for weight, bias in zip(weights, biases):
-            s = u.shape[3]
-            y = torch.matmul(weight.view(groups, 4 * k, k), u.reshape(b, groups, k, s * p))
-            # in place: neither matmul's nor add's backward needs y, and relu's needs only its output
-            u = y.add_(bias.view(1, groups, 4 * k, 1)).relu_().view(b, groups, k, 4 * s, p)
+            u = _stage(u, weight, bias)
         return u
 
     def _stage_params(self, select: slice | None, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -255,14 +263,18 @@ class DecoderBank(nn.Module):
         if self.upsampling == "bilinear" or self.stages == 0:
             sums, counts = terms(self.from_linear(y, native=True), slice(None))
             return sums / counts.clamp_min(1)
-        b, _, _, h, w = y.shape
         stem = y  # the pixel-shuffle decoders' classifiers have no bias
-        if chunk_elements is None:
-            chunk_elements = CHUNK_ELEMENTS["cuda" if y.is_cuda else "cpu"]
-        per_row = b * self.count * self.num_classes * 4**self.stages * w
-        rows = max(1, min(h, chunk_elements // per_row))
+        rows = self._chunk_rows(stem, chunk_elements)
         weights, biases = self._stage_params(None, stem.dtype)
         return _ChunkedObjective.apply(stem, self._upsample, terms, rows, len(weights), *weights, *biases)
+
+    def _chunk_rows(self, stem: torch.Tensor, chunk_elements: int | None) -> int:
+        """Base rows per chunk of the stages run on ``stem`` (B, G, K, h, w): as many as keep a
+        chunk's output within ``chunk_elements`` values (default :data:`CHUNK_ELEMENTS`), at least one."""
+        b, groups, k, h, w = stem.shape
+        if chunk_elements is None:
+            chunk_elements = CHUNK_ELEMENTS["cuda" if stem.is_cuda else "cpu"]
+        return max(1, min(h, chunk_elements // (b * groups * k * 4**self.stages * w)))
 
     def fisher_product(self, x: torch.Tensor, d: torch.Tensor, select: slice, chunk_elements: int | None = None) -> torch.Tensor:
         """J^T F J d for the decoders ``select`` at inputs x, direction d, both (B, G*C_z, h, w) as in
@@ -285,28 +297,22 @@ class DecoderBank(nn.Module):
             stem, stem_d = self.linear(x, select), self.linear(d, select)  # (B, G, K, h, w)
             b, _, k, h, w = stem.shape
             weights, biases = self._stage_params(select, x.dtype)
-            if chunk_elements is None:
-                chunk_elements = CHUNK_ELEMENTS["cuda" if x.is_cuda else "cpu"]
-            rows = max(1, min(h, chunk_elements // (b * groups * k * 4**self.stages * w)))
+            rows = self._chunk_rows(stem, chunk_elements)
             back = torch.empty_like(stem)
             for r0 in range(0, h, rows):
                 span = slice(r0, min(r0 + rows, h))
                 u = stem[:, :, :, span].reshape(b, groups, k, 1, -1)
                 t = stem_d[:, :, :, span].reshape(b, groups, k, 1, -1)
-                shut = []  # where each stage's ReLU is closed (its derivative 0, as autograd's at 0)
+                shut = []  # where each stage's ReLU is closed: its output 0 (its derivative 0, as autograd's at 0)
                 for weight, bias in zip(weights, biases):
-                    s, p = u.shape[3], u.shape[4]
-                    wg = weight.view(groups, 4 * k, k)
-                    y = torch.matmul(wg, u.reshape(b, groups, k, s * p)).add_(bias.view(1, groups, 4 * k, 1))
-                    shut.append(y <= 0)
-                    u = y.relu_().view(b, groups, k, 4 * s, p)
-                    t = torch.matmul(wg, t.reshape(b, groups, k, s * p)).masked_fill_(shut[-1], 0).view(b, groups, k, 4 * s, p)
+                    u = _stage(u, weight, bias)
+                    shut.append(u == 0)
+                    t = _stage(t, weight, None).masked_fill_(shut[-1], 0)
                 prob = torch.softmax(u, dim=2)
                 v = t.sub_((prob * t).sum(dim=2, keepdim=True)).mul_(prob)  # F J d, per pixel
-                for weight, closed in zip(reversed(weights), reversed(shut)):
-                    s = v.shape[3] // 4
-                    v = v.reshape(b, groups, 4 * k, -1).masked_fill_(closed, 0)
-                    v = torch.matmul(weight.view(groups, 4 * k, k).transpose(1, 2), v).view(b, groups, k, s, -1)
+                for weight, closed in zip(reversed(weights), reversed(shut)):  # J^T: each stage transposed
+                    g = v.masked_fill_(closed, 0).reshape(b, groups, 4 * k, -1)
+                    v = torch.matmul(weight.view(groups, 4 * k, k).transpose(1, 2), g).view(b, groups, k, v.shape[3] // 4, -1)
                 back[:, :, :, span] = v.view(b, groups, k, -1, w)
             # J^T through the classifiers: decoder g's (K, C) weights transposed, per group
             weight = self._take(self.classifier, k, select, x.dtype).view(groups, k, -1)

@@ -234,9 +234,14 @@ def vat(
         z0 = z0.float()
         d = d.float()
         for _ in range(iterations):
-            probe = fisher(z0, d) if fisher is not None and xi <= 1e-3 else _kl_probe(decoder, z0, d, xi, class_dim)
+            small = fisher is not None and xi <= _FINITE_XI
+            probe = fisher(z0, d) if small else _kl_probe(decoder, z0, d, xi, class_dim)
             d = _per_sample_normalize(probe, g)
     return z + (eps * d).to(z.dtype)
+
+
+_FINITE_XI = 1e-3
+"""I-VAT's xi above which the probe is the KL's finite difference, at or below it its xi -> 0 limit."""
 
 
 def _kl_probe(
@@ -244,7 +249,7 @@ def _kl_probe(
 ) -> torch.Tensor:
     """The direction of grad_d KL(p(z) || p(z + xi d)) (up to a positive factor per sample and
     decoder); the decoder's logits have their classes along ``class_dim``."""
-    if xi > 1e-3:
+    if xi > _FINITE_XI:
         with torch.no_grad():
             target = F.softmax(decoder(z), dim=class_dim)
         d = d.detach().requires_grad_(True)

@@ -16,15 +16,7 @@ from typing import Any
 
 import yaml
 
-PERTURBATIONS = (
-    "vat",
-    "dropout",
-    "cutout",
-    "context_masking",
-    "object_masking",
-    "feature_drop",
-    "feature_noise",
-)
+from cct.model.perturbations import PERTURBATIONS, REGISTRY
 
 
 class ConfigError(ValueError):
@@ -52,17 +44,14 @@ class DataConfig:
     name: str | None = None
 
 
-@dataclass
-class AuxConfig:
-    """Number of auxiliary decoders per perturbation (paper: 2/6/6/2/2/6/6)."""
-
-    vat: int = 2
-    dropout: int = 6
-    cutout: int = 6
-    context_masking: int = 2
-    object_masking: int = 2
-    feature_drop: int = 6
-    feature_noise: int = 6
+# Number of auxiliary decoders per perturbation: a field per registry entry, the paper's count as
+# its default (2 vat, 6 dropout, 6 cutout, 2 context_masking, 2 object_masking, 6 feature_drop,
+# 6 feature_noise).
+AuxConfig = dataclasses.make_dataclass(
+    "AuxConfig", [(p.name, int, field(default=p.paper_count)) for p in REGISTRY.values()]
+)
+AuxConfig.__module__ = __name__
+AuxConfig.__doc__ = "Number of auxiliary decoders per perturbation (paper: 2/6/6/2/2/6/6)."
 
 
 @dataclass

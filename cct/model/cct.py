@@ -7,15 +7,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cct.config import PERTURBATIONS, AuxConfig, ModelConfig, PerturbationConfig
-from cct.model import perturbations as P
+from cct.config import AuxConfig, ModelConfig, PerturbationConfig
+from cct.model.perturbations import PERTURBATIONS, REGISTRY, Perturbation
+from cct.model.perturbations.functions import Context
 from cct.model.decoders import DecoderBank, Objective
 from cct.model.encoder import build_encoder
 
 
 class DecoderSet(nn.Module):
     """One domain's decoders: the main decoder and ``sum(aux counts)`` auxiliary decoders, ordered
-    by perturbation as in :data:`cct.config.PERTURBATIONS`."""
+    by perturbation in the registry's order (:mod:`cct.model.perturbations`)."""
 
     def __init__(self, in_channels: int, num_classes: int, upscale: int, aux: AuxConfig, upsampling: str) -> None:
         super().__init__()
@@ -127,57 +128,38 @@ class CCT(nn.Module):
         """A full-resolution map (B, K, H, W) in the decoders' native layout (see DecoderBank)."""
         return self._head(domain).main.to_native(logits)
 
-    def _perturbation_runs(self, head: DecoderSet) -> list[tuple[str, slice]]:
-        """The auxiliary decoders as runs of one perturbation: [(kind, slice of decoder indices)]."""
+    def _perturbation_runs(self, head: DecoderSet) -> list[tuple[Perturbation, slice]]:
+        """The auxiliary decoders as runs of one perturbation: [(its registry entry, slice of
+        decoder indices)], in the registry's order."""
         runs, start = [], 0
         for kind in PERTURBATIONS:
             n = head.kinds.count(kind)
             if n:
-                runs.append((kind, slice(start, start + n)))
+                runs.append((REGISTRY[kind], slice(start, start + n)))
                 start += n
         return runs
 
     def _perturb(self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None):
-        """Per run of decoders of one perturbation, in the decoders' order, ``(decoders, how, t)``:
-        the slice of their indices and what the perturbation does to z: ``"input"``, t (B, G*C, h, w)
-        the perturbed features of its G decoders (I-VAT, F-Noise); ``"channels"``, t (B, G, C) a
-        per-sample channel scale (DropOut); ``"pixels"``, t (B, G, 1, h, w) a per-pixel mask
-        (G-Cutout, Con-Msk, Obj-Msk, F-Drop). Random draws happen here, in this order, so every
-        consumer of the list sees the same perturbations."""
+        """Per run of decoders of one perturbation, in the decoders' order, ``(decoders, applies, t)``:
+        the slice of their indices and what the perturbation does to z, in the form its registry
+        entry's ``applies`` names (``"input"``: t (B, G*C, h, w) the perturbed features of its G
+        decoders; ``"channels"``: t (B, G, C) a per-sample channel scale; ``"pixels"``: t (B, G, 1,
+        h, w) a per-pixel mask). Random draws happen here, in this order, so every consumer of the
+        list sees the same perturbations."""
         head = self._head(domain)
         if head.aux is None:
             raise ValueError("this model has no auxiliary decoders (all model.aux counts are 0)")
-        cfg = self.perturbation
-        objects = boxes = None
-        if any(k in ("cutout", "context_masking", "object_masking") for k in head.kinds):
+        runs = self._perturbation_runs(head)
+        objects = None
+        if any(spec.guided for spec, _ in runs):
             objects = self.objects_map(main_logits.detach(), z.shape[-2:], domain)
-        out = []
-        for kind, heads in self._perturbation_runs(head):
-            n = heads.stop - heads.start
-            if kind == "vat":  # all I-VAT decoders in one pass
-                decoder = lambda v, heads=heads: head.aux.decode_group(v, heads, native=True)  # KL per pixel: any layout
-                fisher = None  # the generic probe through ``decoder``, or in chunks:
-                if head.aux.upsampling == "pixelshuffle":
-                    fisher = lambda v, d, heads=heads: head.aux.fisher_product(v, d, heads)  # noqa: E731
-                out.append((heads, "input", P.vat(z.repeat(1, n, 1, 1), decoder, cfg.vat_xi, cfg.vat_eps,
-                                                  cfg.vat_iterations, groups=n, fisher=fisher)))
-            elif kind == "feature_noise":
-                out.append((heads, "input", torch.cat([P.feature_noise(z, cfg.feature_noise_range) for _ in range(n)], dim=1)))
-            elif kind == "dropout":
-                out.append((heads, "channels", torch.stack([P.dropout_mask(z, cfg.dropout_p) for _ in range(n)], dim=1)))
-            else:
-                if kind == "cutout":
-                    if boxes is None:
-                        boxes = P.object_boxes(objects)
-                    masks = [P.cutout_mask(objects, cfg.cutout_erase, boxes).unsqueeze(1) for _ in range(n)]
-                elif kind == "context_masking":
-                    masks = [objects.unsqueeze(1)] * n
-                elif kind == "object_masking":
-                    masks = [(~objects).unsqueeze(1)] * n
-                else:  # feature_drop
-                    masks = [P.feature_drop_mask(z, cfg.feature_drop_range) for _ in range(n)]
-                out.append((heads, "pixels", torch.stack(masks, dim=1).to(z.dtype)))
-        return out
+        bank = head.aux
+        context = Context(
+            z, self.perturbation, objects,
+            decode_group=lambda v, decoders: bank.decode_group(v, decoders, native=True),  # KL per pixel: any layout
+            fisher_product=bank.fisher_product if bank.upsampling == "pixelshuffle" else None,
+        )
+        return [(decoders, spec.applies, spec.build(context, decoders)) for spec, decoders in runs]
 
     def auxiliary_inputs(self, z: torch.Tensor, main_logits: torch.Tensor, domain: str | None = None) -> torch.Tensor:
         """Every auxiliary decoder's perturbation of z (B, C, h, w), stacked along channels in the
@@ -192,7 +174,7 @@ class CCT(nn.Module):
                 parts.append(t)
             elif how == "channels":
                 parts.append((z.unsqueeze(1) * t[..., None, None]).flatten(1, 2))
-            else:
+            else:  # "pixels"
                 parts.append((z.unsqueeze(1) * t).flatten(1, 2))
         return torch.cat(parts, dim=1)
 
@@ -226,7 +208,7 @@ class CCT(nn.Module):
                 parts.append(bank.linear(t, heads))
             elif how == "channels":
                 parts.append(bank.linear(z, heads, shared=True, channel_scale=t))
-            else:
+            else:  # "pixels"
                 parts.append(bank.linear(z, heads, shared=True) * t)
         return bank.objective_from_linear(torch.cat(parts, dim=1), terms)
 

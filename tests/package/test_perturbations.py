@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -537,8 +539,8 @@ def test_fisher_product_refuses_bilinear_decoders_and_the_model_takes_the_generi
     from .test_model import NO_AUX, small_model
 
     seen = []
-    real_vat = P.vat
-    monkeypatch.setattr(P, "vat", lambda *a, **k: seen.append(k.get("fisher")) or real_vat(*a, **k))
+    real_vat = P.functions.vat
+    monkeypatch.setattr(P.functions, "vat", lambda *a, **k: seen.append(k.get("fisher")) or real_vat(*a, **k))
     for decoder in ("bilinear", "pixelshuffle"):
         model = small_model(dict(NO_AUX, vat=1, feature_noise=1), decoder=decoder)
         z = torch.rand(2, model.encoder.out_channels, 4, 4)
@@ -567,10 +569,22 @@ def test_vat_with_the_fisher_product_equals_vat_through_the_decoder(monkeypatch)
     assert P.vat(z, decoder, xi=0.5, groups=2, fisher=refuse).shape == z.shape
 
 
-def test_names_expose_all_seven_perturbations():
-    from cct.config import PERTURBATIONS
+def test_registry_holds_the_seven_perturbations_of_the_paper_each_with_a_builder():
+    from cct.config import PERTURBATIONS, AuxConfig
 
-    assert set(P.NAMES) == set(PERTURBATIONS)
+    assert PERTURBATIONS == ("vat", "dropout", "cutout", "context_masking", "object_masking", "feature_drop",
+                             "feature_noise")
+    assert {n: P.REGISTRY[n].paper_count for n in PERTURBATIONS} == dataclasses.asdict(AuxConfig())
+    assert sum(p.paper_count for p in P.REGISTRY.values()) == 30  # the official config's 30 decoders
+    assert {n for n, p in P.REGISTRY.items() if p.guided} == {"cutout", "context_masking", "object_masking"}
+    assert set(P.functions.BUILDERS) == set(PERTURBATIONS)
     for public in ("feature_noise", "feature_drop", "dropout", "guided_cutout", "context_masking",
                    "object_masking", "vat"):
         assert callable(getattr(P, public))
+
+
+def test_an_unknown_perturbation_raises_instead_of_training_as_another():
+    with pytest.raises(ValueError, match="unknown perturbation 'blur'"):
+        P.get("blur")
+    with pytest.raises(ValueError, match="applies"):
+        P.Perturbation("blur", "Blur", 1, guided=False, applies="image")

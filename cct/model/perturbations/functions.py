@@ -1,4 +1,5 @@
-"""The seven feature perturbations of CCT (Ouali et al., CVPR 2020, Sec. 3.2).
+"""The seven feature perturbations of CCT (Ouali et al., CVPR 2020, Sec. 3.2), and their builders
+(one per entry of the registry, :mod:`cct.model.perturbations`).
 
 Each is a pure function of the encoder output ``z`` of shape (B, C, h, w) and, where guided, of
 ``objects``: a bool map (B, h, w) at z's resolution, True where the main decoder predicts an object
@@ -262,12 +263,90 @@ def _kl_probe(
     return pullback(fisher_jd.detach())[0]  # J^T F J d
 
 
-NAMES = {
-    "vat": vat,
-    "dropout": dropout,
-    "cutout": guided_cutout,
-    "context_masking": context_masking,
-    "object_masking": object_masking,
-    "feature_drop": feature_drop,
-    "feature_noise": feature_noise,
-}
+# --------------------------------------------------------------------------------------------------
+# Builders: each registry entry's perturbation for a run of G decoders, in the form its ``applies``
+# names (see the package docstring). Random draws happen here, in the registry's order.
+
+
+class Context:
+    """What the builders of one step read: ``z`` (B, C, h, w); ``config`` (PerturbationConfig);
+    ``objects`` (B, h, w) bool, the main prediction's objects at z's resolution (guided kinds only);
+    ``decode_group(v, decoders)`` the auxiliary decoders ``decoders`` (a slice) on v (B, G*C, h, w)
+    (I-VAT); ``fisher_product(v, d, decoders)`` their J^T F J d in chunks, or None (I-VAT)."""
+
+    def __init__(self, z: torch.Tensor, config, objects: torch.Tensor | None = None,
+                 decode_group: Callable | None = None, fisher_product: Callable | None = None) -> None:
+        self.z, self.config, self.objects = z, config, objects
+        self.decode_group, self.fisher_product = decode_group, fisher_product
+        self._boxes: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def boxes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`object_boxes` of ``objects``, found once per step."""
+        if self._boxes is None:
+            self._boxes = object_boxes(self.objects)
+        return self._boxes
+
+
+BUILDERS: dict[str, Callable[[Context, slice], torch.Tensor]] = {}
+
+
+def builder(name: str):
+    """Register the builder of the registry entry ``name``."""
+
+    def register(fn):
+        BUILDERS[name] = fn
+        return fn
+
+    return register
+
+
+def _count(decoders: slice) -> int:
+    return decoders.stop - decoders.start
+
+
+@builder("vat")
+def _vat(ctx: Context, decoders: slice) -> torch.Tensor:
+    """All I-VAT decoders in one pass: (B, G*C, h, w)."""
+    cfg, n = ctx.config, _count(decoders)
+    fisher = None  # the generic probe through the decoders, or in chunks:
+    if ctx.fisher_product is not None:
+        fisher = lambda v, d: ctx.fisher_product(v, d, decoders)  # noqa: E731
+    return vat(ctx.z.repeat(1, n, 1, 1), lambda v: ctx.decode_group(v, decoders), cfg.vat_xi, cfg.vat_eps,
+               cfg.vat_iterations, groups=n, fisher=fisher)
+
+
+@builder("feature_noise")
+def _feature_noise(ctx: Context, decoders: slice) -> torch.Tensor:
+    return torch.cat([feature_noise(ctx.z, ctx.config.feature_noise_range) for _ in range(_count(decoders))], dim=1)
+
+
+@builder("dropout")
+def _dropout(ctx: Context, decoders: slice) -> torch.Tensor:
+    return torch.stack([dropout_mask(ctx.z, ctx.config.dropout_p) for _ in range(_count(decoders))], dim=1)
+
+
+def _pixels(ctx: Context, masks: list[torch.Tensor]) -> torch.Tensor:
+    """G keep-masks (B, 1, h, w) -> (B, G, 1, h, w) in z's dtype."""
+    return torch.stack(masks, dim=1).to(ctx.z.dtype)
+
+
+@builder("cutout")
+def _cutout(ctx: Context, decoders: slice) -> torch.Tensor:
+    erase = ctx.config.cutout_erase
+    return _pixels(ctx, [cutout_mask(ctx.objects, erase, ctx.boxes).unsqueeze(1) for _ in range(_count(decoders))])
+
+
+@builder("context_masking")
+def _context_masking(ctx: Context, decoders: slice) -> torch.Tensor:
+    return _pixels(ctx, [ctx.objects.unsqueeze(1)] * _count(decoders))
+
+
+@builder("object_masking")
+def _object_masking(ctx: Context, decoders: slice) -> torch.Tensor:
+    return _pixels(ctx, [(~ctx.objects).unsqueeze(1)] * _count(decoders))
+
+
+@builder("feature_drop")
+def _feature_drop(ctx: Context, decoders: slice) -> torch.Tensor:
+    return _pixels(ctx, [feature_drop_mask(ctx.z, ctx.config.feature_drop_range) for _ in range(_count(decoders))])

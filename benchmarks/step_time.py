@@ -81,23 +81,18 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
     """Row ``row`` in this (fresh) process: median step seconds, images/s and peak memory. Row
     ``semi`` also gives ``semi-no-aux``, its steps interleaved with semi's so that drifts of the
     machine's speed cancel in the aux share (peak memory: semi's; the other's is not separable)."""
+    from cct import engine
     from cct.config import from_dict
-    from cct.host import keep_freed_memory
-    from cct.model.cct import CCT
+    from cct.model.cct import build_model
     from cct.train import step_loss
 
     spec = _configs(device_name, precision)[name]
-    if device_name == "cpu":  # as the trainer does (cct.host)
-        keep_freed_memory()
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    device = torch.device(device_name)
+    device = engine.setup(device_name, threads).device  # as the trainer: threads, allocator, determinism
     bf16 = spec["bf16"] and row != "semi-1by1-fp32"
     mode = "supervised" if row == "supervised" else "semi"
     config = from_dict(spec["tree"], [f"train.mode={mode}", f"train.amp={str(bf16).lower()}"])
-    model = CCT(config.model, {"main": spec["classes"]}, {"main": spec["background"]}).to(device).train()
+    model = build_model(config.model, {"main": spec["classes"]}, {"main": spec["background"]}, seed=0).to(device).train()
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     variants = {row: None}
     if row == "semi":  # the unlabelled pass without the decoders' objective (the paper's: one term)

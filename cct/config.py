@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: str = "embedded"  # embedded | voc | cityscapes | camvid | sunrgbd
-    root: str | None = None  # dataset root (real datasets only)
+    root: str | None = None  # dataset root; embedded: a folder written by `cct embedded` (None: generate in the run)
     domain: str = "a"  # embedded dataset: visual domain (a | b)
     n_labeled: int = 20  # labelled images, used when labeled_list is None
     split_seed: int = 0
@@ -208,6 +208,8 @@ class RunConfig:
         for name in PERTURBATIONS:
             if getattr(self.model.aux, name) < 0:
                 raise ConfigError(f"model.aux.{name}: must be >= 0, got {getattr(self.model.aux, name)}")
+        if self.train.mode == "semi" and sum(getattr(self.model.aux, name) for name in PERTURBATIONS) == 0:
+            raise ConfigError("model.aux: 'semi' mode needs at least one auxiliary decoder (all counts are 0)")
         if not 0.0 <= self.model.perturbation.dropout_p < 1.0:
             raise ConfigError(f"model.perturbation.dropout_p: must be in [0, 1), got {self.model.perturbation.dropout_p}")
         lo, hi = self.model.perturbation.feature_drop_range

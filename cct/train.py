@@ -20,27 +20,25 @@ from __future__ import annotations
 
 import functools
 import logging
-import platform
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 
-import cct
-from cct import distributed, host, losses
+from cct import distributed, engine, losses
 from cct.config import ConfigError, DataConfig, RunConfig, save_config
 from cct.data.base import Source, load_source
 from cct.data.loader import batch_stream
 from cct.data.splits import make_split, read_list, validate_split
 from cct.data.transforms import train_transform
 from cct.evaluate import PROTOCOL, evaluate
-from cct.io import atomic_torch_save, atomic_write_json
-from cct.model.cct import CCT
+from cct.io import atomic_write_json
+from cct.model.cct import CCT, build_model
+
+# compatibility names of the pieces that moved to the engine (cct.cli and the tests use them)
+Interrupted = engine.Interrupted
 
 log = logging.getLogger("cct.train")
 
@@ -48,29 +46,6 @@ log = logging.getLogger("cct.train")
 _EXECUTION_KEYS = {
     ("train", "threads"), ("train", "progress"), ("train", "device"), ("train", "compile"), ("data", "num_workers"),
 }
-
-
-def versions() -> dict[str, str]:
-    return {
-        "cct": cct.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def iteration_seed(seed: int, iteration: int) -> int:
-    return int(np.random.default_rng([seed, 0xCC7, iteration]).integers(2**62))
 
 
 @dataclass
@@ -111,12 +86,6 @@ def load_domains(config: RunConfig) -> list[Domain]:
     return domains
 
 
-def build_model(config: RunConfig, domains: list[Domain]) -> CCT:
-    torch.manual_seed(config.train.seed)
-    return CCT(config.model, {d.name: d.train.num_classes for d in domains},
-               {d.name: d.train.background_classes for d in domains})
-
-
 def domain_seed(seed: int, k: int) -> int:
     """The data-stream seed of domain ``k``: the run's seed for the first (a single-domain run's
     batches do not depend on whether the code supports several), a derived one for the others."""
@@ -155,40 +124,7 @@ def domain_streams(config: RunConfig, domains: list[Domain], start: int, ctx: di
 
 
 def _numeric_config(config_dict: dict) -> dict:
-    out = {}
-    for section, values in config_dict.items():
-        if isinstance(values, dict):
-            out[section] = {k: v for k, v in values.items() if (section, k) not in _EXECUTION_KEYS}
-        else:  # extra_domains: data sections
-            out[section] = [{k: v for k, v in d.items() if ("data", k) not in _EXECUTION_KEYS} for d in values]
-    return out
-
-
-class _StopFlag:
-    """Turns SIGTERM/SIGINT into a flag checked between iterations, so the state can be saved."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous = {}
-
-    def __enter__(self) -> "_StopFlag":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class Interrupted(RuntimeError):
-    """Training stopped by a signal after saving its resume state."""
+    return engine.numeric_identity(config_dict, _EXECUTION_KEYS)
 
 
 def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None = None) -> dict:
@@ -201,148 +137,58 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    resume_path = Path(resume_dir or out_dir / "resume") / "state.pt"
-    tc = config.train
-    torch.set_num_threads(tc.threads)
-    ctx = distributed.setup(pick_device(tc.device).type)
-    device, main = ctx.device, ctx.is_main
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    else:
-        torch.use_deterministic_algorithms(True)
-        host.keep_freed_memory()
-
+    out_dir, tc, oc = Path(out_dir), config.train, config.optim
+    ctx = engine.setup(tc.device, tc.threads)
+    device, main, semi, weak = ctx.device, ctx.is_main, tc.mode == "semi", config.weak.pseudo_labels is not None
     domains = load_domains(config)
-    semi = tc.mode == "semi"
-    for d in domains:
-        if semi and not d.unlabeled:
-            raise ConfigError(f"train.mode: 'semi' needs unlabelled images, but the unlabelled list of {d.where} is empty")
-    if semi and sum(getattr(config.model.aux, k) for k in vars(config.model.aux)) == 0:
-        raise ConfigError("model.aux: 'semi' mode needs at least one auxiliary decoder (all counts are 0)")
-    for key, size in (("batch_size_labeled", tc.batch_size_labeled), ("batch_size_unlabeled", tc.batch_size_unlabeled)):
-        if size % ctx.world_size:
-            raise ConfigError(f"train.{key}: {size} is not divisible by the {ctx.world_size} processes of this run")
-
-    model = build_model(config, domains).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if tc.compile:  # in place: parameters and state_dict keys stay those of the plain model
-        model.encoder.compile()
-        for head in model.heads.values():
-            head.main.compile()
-    # supervised mode leaves the auxiliary decoders without gradients
-    step_fn = distributed.wrap(model, ctx, find_unused_parameters=not semi)
+    check_run(config, domains, ctx.world_size)
+    model = _model(config, domains, device)
+    step_fn = distributed.wrap(model, ctx, find_unused_parameters=not semi)  # supervised: aux decoders get no gradient
     backbone, rest = model.parameter_groups()
-    oc = config.optim
     base_lrs = [oc.lr * oc.encoder_lr_factor, oc.lr]
-    optimizer = torch.optim.SGD(
-        [{"params": backbone, "lr": base_lrs[0]}, {"params": rest, "lr": base_lrs[1]}],
-        momentum=oc.momentum, weight_decay=oc.weight_decay,
-    )
-    config_dict = config.to_dict()
-    start, history, elapsed = 0, [], 0.0
-    if resume_path.is_file():
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        if _numeric_config(state["config"]) == _numeric_config(config_dict):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start, history, elapsed = state["iteration"], state["history"], state["elapsed"]
-            log.info("resuming from %s at iteration %d", resume_path, start)
-        else:
-            log.warning("ignoring %s: it was written by a different config", resume_path)
+    optimizer = torch.optim.SGD([{"params": backbone, "lr": base_lrs[0]}, {"params": rest, "lr": base_lrs[1]}],
+                                momentum=oc.momentum, weight_decay=oc.weight_decay)
+    config_dict, total = config.to_dict(), tc.iterations
+    resume = engine.ResumeState(Path(resume_dir or out_dir / "resume"), config_dict, identity=_numeric_config)
+    start, history = resume.load(model, optimizer, device)
 
-    total = tc.iterations
-    pin = device.type == "cuda"
-    weak = config.weak.pseudo_labels is not None
-    streams = domain_streams(config, domains, start, ctx, pin)
+    streams = domain_streams(config, domains, start, ctx, pin_memory=device.type == "cuda")
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda")
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if main else distributed.NullWriter()
-    lc = config.loss
-    several = len(domains) > 1
     loss_fn = functools.partial(step_loss, config=config, domains=domains)
-
-    def save_state(iteration: int) -> None:
-        if not main:
-            return
-        atomic_torch_save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-             "history": history, "elapsed": elapsed + time.perf_counter() - t0, "config": config_dict},
-            resume_path,
-        )
-
-    def evaluate_all() -> dict[str, dict]:
-        return {d.name: evaluate(model, d.val, device, domain=d.name) for d in domains}
-
-    def mean_miou(results: dict[str, dict]) -> float:
-        return float(np.mean([r["miou"] for r in results.values()]))
-
-    model.train()
-    t0 = time.perf_counter()
-    running: dict[str, torch.Tensor | int] = {}
-    results = None
+    losses_log = engine.LossLog(every=10, total=total, hint="lower optim.lr")
     bar = tqdm(range(start, total), initial=start, total=total, disable=not (tc.progress and main), mininterval=2.0,
                desc=f"{tc.mode} seed {tc.seed}")
-    with _StopFlag() as stop:
+    results = None
+    model.train()
+    with engine.StopFlag() as stop:
         for i in bar:
-            torch.manual_seed(iteration_seed(tc.seed, i))
-            factor = (1 - i / total) ** oc.poly_power
-            for group, lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = lr * factor
-            batches = []
-            for lab, unl in streams:
-                x_l, y_l = (t.to(device, non_blocking=True) for t in next(lab))
-                x_u = y_w = None
-                if unl is not None:
-                    x_u, y_w = (t.to(device, non_blocking=True) for t in next(unl))
-                    y_w = y_w if weak else None
-                batches.append((x_l, y_l, x_u, y_w))
-            w_u = losses.unsupervised_weight(i, total, lc.unsupervised_w, lc.rampup)
-            w_w = losses.unsupervised_weight(i, total, config.weak.loss_w, lc.rampup)
+            engine.seed_step(tc.seed, i, device)
+            engine.set_poly_lr(optimizer, base_lrs, i, total, oc.poly_power)
+            w_u = losses.unsupervised_weight(i, total, config.loss.unsupervised_w, config.loss.rampup)
+            w_w = losses.unsupervised_weight(i, total, config.weak.loss_w, config.loss.rampup)
             with amp:
-                loss, terms = step_fn(loss_fn, batches, i, w_u, w_w)
+                loss, terms = step_fn(loss_fn, next_batches(streams, device, weak), i, w_u, w_w)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-            # summed on the device and read every 10 iterations: no host sync in the other steps
-            for k, v in terms.items():
-                running[k] = running.get(k, 0.0) + v.detach()
-            running["n"] = running.get("n", 0) + 1
-            step = i + 1
-            if step % 10 == 0 or step == total:
-                means = {k: float(v) / running["n"] for k, v in running.items() if k != "n"}
-                if not all(np.isfinite(list(means.values()))):
-                    raise FloatingPointError(f"loss became {means} before iteration {step}; lower optim.lr")
-                for k, v in means.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-                writer.add_scalar("train/lr", optimizer.param_groups[1]["lr"], step)
-                if semi:
-                    writer.add_scalar("train/w_u", w_u, step)
+            step, results = i + 1, None
+            means = losses_log.add(terms, step)
+            if means is not None:
+                _log_scalars(writer, means, optimizer, w_u if semi else None, step)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if "@" not in k}, refresh=False)
-                running = {}
-            results = None
             if main and (step % tc.eval_interval == 0 or step == total):
-                results = evaluate_all()
-                entry = {"iteration": step, "val_miou": mean_miou(results), "lr": optimizer.param_groups[1]["lr"]}
-                entry.update({k: float(v.detach()) for k, v in terms.items()})
-                if semi:
-                    entry["w_u"] = w_u
-                if several:
-                    entry.update({f"val_miou@{name}": r["miou"] for name, r in results.items()})
-                history.append(entry)
-                writer.add_scalar("val/miou", entry["val_miou"], step)
-                for name, r in results.items():
-                    if several:
-                        writer.add_scalar(f"val/miou@{name}", r["miou"], step)
-                log.info("iteration %d: val mIoU %.2f", step, entry["val_miou"])
+                results = evaluate_domains(model, domains, device)
+                history.append(_history_entry(results, terms, optimizer, w_u if semi else None, step, len(domains)))
+                _log_evaluation(writer, history[-1], results, step, len(domains) > 1)
             stopping = distributed.any_rank(stop.signum is not None, ctx)
-            if stopping or step % tc.checkpoint_interval == 0:
-                save_state(step)
+            if main and (stopping or step % tc.checkpoint_interval == 0):
+                resume.save(model, optimizer, step, history)
             if stopping:
                 writer.close()
                 distributed.cleanup(ctx)
-                raise Interrupted(f"stopped by signal {stop.signum} at iteration {step}; state saved to {resume_path}")
+                raise engine.Interrupted(f"stopped by signal {stop.signum} at iteration {step}; state saved to {resume.path}")
     bar.close()
     writer.close()
     if not main:
@@ -350,24 +196,91 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
         return {}
 
     if results is None:  # resumed after the last iteration
-        results = evaluate_all()
+        results = evaluate_domains(model, domains, device)
     metrics = _metrics(config, domains, results, history, total)
-    metrics.update(wall_time_s=elapsed + time.perf_counter() - t0, device=str(device), world_size=ctx.world_size,
-                   config=config_dict, versions=versions())
+    metrics.update(wall_time_s=resume.wall_time(), device=str(device), world_size=ctx.world_size,
+                   config=config_dict, versions=engine.versions())
     save_config(config, out_dir / "config.yaml")
-    first = domains[0]
-    atomic_torch_save(
-        {"model": model.state_dict(), "config": config_dict, "class_names": list(first.train.class_names),
-         "background_classes": first.train.background_classes,
-         "domains": {d.name: {"class_names": list(d.train.class_names), "background_classes": d.train.background_classes}
-                     for d in domains}},
-        out_dir / "checkpoint.pt",
-    )
+    engine.save_checkpoint(out_dir / "checkpoint.pt", model, config_dict, {
+        d.name: {"class_names": list(d.train.class_names), "background_classes": d.train.background_classes}
+        for d in domains})
     atomic_write_json(out_dir / "metrics.json", metrics)
     if start < total:
-        save_state(total)
+        resume.save(model, optimizer, total, history)
     distributed.cleanup(ctx)
     return metrics
+
+
+def check_run(config: RunConfig, domains: list[Domain], world_size: int) -> None:
+    """What the config alone cannot tell: the data and the process count fit the run."""
+    tc = config.train
+    if tc.mode == "semi":
+        for d in domains:
+            if not d.unlabeled:
+                raise ConfigError(f"train.mode: 'semi' needs unlabelled images, but the unlabelled list of {d.where} is empty")
+    for key in ("batch_size_labeled", "batch_size_unlabeled"):
+        if getattr(tc, key) % world_size:
+            raise ConfigError(f"train.{key}: {getattr(tc, key)} is not divisible by the {world_size} processes of this run")
+
+
+def _model(config: RunConfig, domains: list[Domain], device: torch.device) -> CCT:
+    """The run's model on ``device``, initialised from the run's seed (channels_last on CUDA;
+    ``train.compile`` compiles the encoder and main decoders in place, so parameters and
+    state_dict keys stay those of the plain model)."""
+    model = build_model(config.model, {d.name: d.train.num_classes for d in domains},
+                        {d.name: d.train.background_classes for d in domains}, seed=config.train.seed).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if config.train.compile:
+        model.encoder.compile()
+        for head in model.heads.values():
+            head.main.compile()
+    return model
+
+
+def next_batches(streams: list[tuple], device: torch.device, weak: bool) -> list[tuple]:
+    """Every domain's batches of this iteration on ``device``: ``(x_l, y_l, x_u, y_w)``, x_u None in
+    supervised mode, y_w the unlabelled batch's pseudo labels with ``weak`` (else None)."""
+    batches = []
+    for lab, unl in streams:
+        x_l, y_l = (t.to(device, non_blocking=True) for t in next(lab))
+        x_u = y_w = None
+        if unl is not None:
+            x_u, y_w = (t.to(device, non_blocking=True) for t in next(unl))
+        batches.append((x_l, y_l, x_u, y_w if weak else None))
+    return batches
+
+
+def evaluate_domains(model: CCT, domains: list[Domain], device: torch.device) -> dict[str, dict]:
+    """Scores of every domain on its validation set."""
+    return {d.name: evaluate(model, d.val, device, domain=d.name) for d in domains}
+
+
+def _history_entry(results: dict[str, dict], terms: dict, optimizer, w_u: float | None, step: int, n_domains: int) -> dict:
+    entry = {"iteration": step, "val_miou": float(np.mean([r["miou"] for r in results.values()])),
+             "lr": optimizer.param_groups[1]["lr"]}
+    entry.update({k: float(v.detach()) for k, v in terms.items()})
+    if w_u is not None:
+        entry["w_u"] = w_u
+    if n_domains > 1:
+        entry.update({f"val_miou@{name}": r["miou"] for name, r in results.items()})
+    return entry
+
+
+def _log_scalars(writer, means: dict[str, float], optimizer, w_u: float | None, step: int) -> None:
+    for k, v in means.items():
+        writer.add_scalar(f"train/{k}", v, step)
+    writer.add_scalar("train/lr", optimizer.param_groups[1]["lr"], step)
+    if w_u is not None:
+        writer.add_scalar("train/w_u", w_u, step)
+
+
+def _log_evaluation(writer, entry: dict, results: dict[str, dict], step: int, several: bool) -> None:
+    writer.add_scalar("val/miou", entry["val_miou"], step)
+    if several:
+        for name, r in results.items():
+            writer.add_scalar(f"val/miou@{name}", r["miou"], step)
+    log.info("iteration %d: val mIoU %.2f", step, entry["val_miou"])
 
 
 def step_loss(

@@ -218,3 +218,18 @@ class CCT(nn.Module):
         backbone = list(self.encoder.backbone.parameters())
         ids = {id(p) for p in backbone}
         return backbone, [p for p in self.parameters() if id(p) not in ids]
+
+
+def build_model(
+    config: ModelConfig,
+    num_classes: dict[str, int],
+    background_classes: dict[str, list[int]],
+    seed: int | None = None,
+) -> CCT:
+    """The CCT model of ``config`` with a decoder set per domain (``num_classes``: domain -> K,
+    ``background_classes``: domain -> its background/context classes), its weights initialised from
+    torch's generator seeded with ``seed`` (None: as it is). The one place a CCT model is built:
+    the trainer, checkpoint loading and the benchmark call it."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return CCT(config, num_classes, background_classes)

@@ -33,7 +33,7 @@ from cct.data.loader import AugmentedDataset, IterationBatchSampler
 from cct.data.transforms import normalize, to_tensors, train_transform
 from cct.io import atomic_torch_save, atomic_write_json
 from cct.model.encoder import SmallEncoder, resnet_backbone
-from cct.train import Interrupted, _StopFlag, iteration_seed, pick_device, versions
+from cct import engine
 
 log = logging.getLogger("cct.cam")
 
@@ -108,9 +108,9 @@ def image_level_accuracy(model: CamNet, source: Source, device: torch.device) ->
     correct = exact = 0
     for i in range(len(source)):
         image, mask = to_tensors(*source.load(i))
-        logits = model(norm(image).as_subclass(torch.Tensor)[None].to(device))[0].cpu()
+        logits = model(norm(image)[None].to(device))[0].cpu()
         present = torch.zeros(k, dtype=torch.bool)
-        values = mask.as_subclass(torch.Tensor).unique()
+        values = mask.unique()
         values = values[(values > 0) & (values <= k)]
         present[values - 1] = True
         hits = (logits > 0) == present
@@ -124,13 +124,8 @@ def image_level_accuracy(model: CamNet, source: Source, device: torch.device) ->
 def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path | None = None) -> dict:
     """Train the CAM classifier on every training image's image-level labels; write ``config.yaml``,
     ``checkpoint.pt`` and ``metrics.json`` under ``out_dir`` (resume state in ``resume_dir``)."""
-    out_dir = Path(out_dir)
-    resume_path = Path(resume_dir or out_dir / "resume") / "state.pt"
-    tc = config.train
-    torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+    out_dir, tc = Path(out_dir), config.train
+    device = engine.setup(tc.device, tc.threads).device
     source = load_source(config.data, "train")
     labels = foreground_labels(source)
     torch.manual_seed(tc.seed)
@@ -139,50 +134,29 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
     base_lrs = [tc.lr, tc.lr * tc.classifier_lr_factor]
     optimizer = torch.optim.SGD([{"params": backbone}, {"params": head}], lr=tc.lr, momentum=tc.momentum,
                                 weight_decay=tc.weight_decay)
-    config_dict, start, history, elapsed = config.to_dict(), 0, [], 0.0
-    if resume_path.is_file():
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        if state["config"] == config_dict:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start, history, elapsed = state["iteration"], state["history"], state["elapsed"]
-            log.info("resuming from %s at iteration %d", resume_path, start)
-    data = config.data
-    data_cfg = dataclasses.replace(data, crop_size=tc.crop_size, scale_range=tc.scale_range)
-    transform = train_transform(data_cfg, max(source.load(0)[0].shape[:2]))
-    sampler = IterationBatchSampler(list(range(len(source))), tc.batch_size, tc.seed, "labeled", start, tc.iterations)
-    batches = DataLoader(_ImageLevel(source, transform), batch_sampler=sampler, num_workers=data.num_workers)
-    t0 = time.perf_counter()
-
-    def save_state(iteration: int) -> None:
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-                           "history": history, "elapsed": elapsed + time.perf_counter() - t0, "config": config_dict},
-                          resume_path)
+    config_dict = config.to_dict()
+    resume = engine.ResumeState(Path(resume_dir or out_dir / "resume"), config_dict)
+    start, history = resume.load(model, optimizer, device)
+    batches = _batches(config, source, start)
+    losses = engine.LossLog(every=50, total=tc.iterations, hint="lower train.lr")
 
     model.train()
-    running, n_running = torch.zeros((), device=device), 0
-    with _StopFlag() as stop:
+    with engine.StopFlag() as stop:
         for i, (x, y) in enumerate(batches, start=start):
-            torch.manual_seed(iteration_seed(tc.seed, i))
-            factor = (1 - i / tc.iterations) ** tc.poly_power
-            for group, lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = lr * factor
+            engine.seed_step(tc.seed, i, device)
+            engine.set_poly_lr(optimizer, base_lrs, i, tc.iterations, tc.poly_power)
             loss = F.multilabel_soft_margin_loss(model(x.to(device)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running, n_running = running + loss.detach(), n_running + 1
             step = i + 1
-            if step % 50 == 0 or step == tc.iterations:
-                mean = float(running) / n_running
-                if not np.isfinite(mean):
-                    raise FloatingPointError(f"CAM loss became {mean} before iteration {step}; lower train.lr")
-                history.append({"iteration": step, "loss": mean})
-                running, n_running = torch.zeros((), device=device), 0
+            means = losses.add({"loss": loss}, step)
+            if means is not None:
+                history.append({"iteration": step, **means})
             if stop.signum is not None or step % 200 == 0:
-                save_state(step)
+                resume.save(model, optimizer, step, history)
             if stop.signum is not None:
-                raise Interrupted(f"stopped by signal {stop.signum} at iteration {step}; state saved to {resume_path}")
+                raise engine.Interrupted(f"stopped by signal {stop.signum} at iteration {step}; state saved to {resume.path}")
     val = image_level_accuracy(model, load_source(config.data, "val"), device)
     metrics = {
         **val,
@@ -191,34 +165,41 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
         "iterations": tc.iterations,
         "n_images": len(source),
         "class_names": list(source.class_names),
-        "wall_time_s": elapsed + time.perf_counter() - t0,
+        "wall_time_s": resume.wall_time(),
         "device": str(device),
         "config": config_dict,
-        "versions": versions(),
+        "versions": engine.versions(),
     }
     save_config(config, out_dir / "config.yaml")
     atomic_torch_save({"model": model.state_dict(), "config": config_dict, "class_names": list(source.class_names)},
                       out_dir / "checkpoint.pt")
     atomic_write_json(out_dir / "metrics.json", metrics)
     if start < tc.iterations:
-        save_state(tc.iterations)
+        resume.save(model, optimizer, tc.iterations, history)
     return metrics
+
+
+def _batches(config: CamRunConfig, source: Source, start: int) -> DataLoader:
+    """Augmented crops of every training image with its image-level labels, by iteration from ``start``."""
+    tc = config.train
+    data = dataclasses.replace(config.data, crop_size=tc.crop_size, scale_range=tc.scale_range)
+    transform = train_transform(data, max(source.load(0)[0].shape[:2]))
+    sampler = IterationBatchSampler(list(range(len(source))), tc.batch_size, tc.seed, "labeled", start, tc.iterations)
+    return DataLoader(_ImageLevel(source, transform), batch_sampler=sampler, num_workers=config.data.num_workers)
 
 
 def load_cam(path: str | Path) -> tuple[CamNet, CamRunConfig]:
     """(model in eval mode, its config) from a ``cct cam train`` checkpoint."""
     from cct.config import from_dict
 
-    if not Path(path).is_file():
-        raise ConfigError(f"--checkpoint: file not found: {path}")
+    state = engine.read_checkpoint(path, kind="cct CAM checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         config = from_dict(state["config"], kind=CamRunConfig)
         config.model.pretrained = False  # the checkpoint holds the weights
         model = CamNet(config.model, len(state["class_names"]) - 1)
         model.load_state_dict(state["model"])
     except Exception as exc:  # foreign files raise many types
-        raise ConfigError(f"--checkpoint: {path} is not a cct CAM checkpoint ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"--checkpoint: {path} is not a cct CAM checkpoint ({engine.first_line(exc)})") from exc
     return model.eval(), config
 
 
@@ -262,7 +243,7 @@ def infer_cams(checkpoint: str | Path, out_dir: str | Path, overrides: list[str]
     model, config = load_cam(checkpoint)
     if overrides:
         config = from_dict(config.to_dict(), overrides, kind=CamRunConfig)
-    device = pick_device(config.train.device)
+    device = engine.pick_device(config.train.device)
     torch.set_num_threads(config.train.threads)
     model.to(device)
     source = load_source(config.data, "train")
@@ -276,7 +257,7 @@ def infer_cams(checkpoint: str | Path, out_dir: str | Path, overrides: list[str]
     for i, image_id in enumerate(source.ids):
         image, _ = to_tensors(*source.load(i))
         present = np.flatnonzero(labels[i])
-        maps = cam_maps(model, norm(image).as_subclass(torch.Tensor).to(device), torch.from_numpy(present).to(device),
+        maps = cam_maps(model, norm(image).to(device), torch.from_numpy(present).to(device),
                         config.infer.scales, config.infer.flip)
         quantised = (maps * 255).round().to(torch.uint8).cpu().numpy()
         np.savez_compressed(partial / f"{id_filename(image_id)}.npz", classes=present + 1, cams=quantised)

@@ -89,7 +89,7 @@ def write_pngs(folder, sizes=((64, 64), (50, 45))):
 
 
 def test_predict_writes_one_palette_png_per_image_of_the_same_size(tiny_checkpoint, tmp_path):
-    from cct.cli import load_checkpoint
+    from cct.engine import load_checkpoint
     from cct.data.transforms import normalize, to_tensors
     from cct.evaluate import predict_image
 

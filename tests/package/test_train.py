@@ -117,7 +117,7 @@ def test_resume_after_sigterm_gives_the_metrics_of_an_uninterrupted_run(semi_ref
     assert torch.load(state_path, weights_only=True)["iteration"] == 48
 
     # a rerun of a finished run does not train again and reports the same numbers
-    with caplog.at_level(logging.INFO, logger="cct.train"):
+    with caplog.at_level(logging.INFO, logger="cct.engine"):
         again = train(from_dict(None, SEMI), out)
     assert any("at iteration 48" in r.getMessage() for r in caplog.records)
     assert numbers(again) == numbers(ref)
@@ -187,7 +187,7 @@ def test_resume_state_of_another_config_is_ignored_but_execution_keys_may_differ
     # same numbers, different execution settings (progress bar, threads): resumes at the end, no training
     (tmp_path / "same" / "resume").mkdir(parents=True)
     (tmp_path / "same" / "resume" / "state.pt").write_bytes(state.read_bytes())
-    with caplog.at_level(logging.INFO, logger="cct.train"):
+    with caplog.at_level(logging.INFO, logger="cct.engine"):
         same = train(from_dict(None, SEMI + ["train.progress=true", "train.threads=2"]), tmp_path / "same")
     assert any("resuming from" in r.getMessage() and "at iteration 48" in r.getMessage() for r in caplog.records)
     assert numbers(same) == numbers(ref)
@@ -195,7 +195,7 @@ def test_resume_state_of_another_config_is_ignored_but_execution_keys_may_differ
     # a different numeric config must not pick the state up
     (tmp_path / "other" / "resume").mkdir(parents=True)
     (tmp_path / "other" / "resume" / "state.pt").write_bytes(state.read_bytes())
-    with caplog.at_level(logging.INFO, logger="cct.train"):
+    with caplog.at_level(logging.INFO, logger="cct.engine"):
         other = train(from_dict(None, SEMI + ["train.iterations=2", "train.eval_interval=2"]), tmp_path / "other")
     assert any("different config" in r.getMessage() for r in caplog.records)
     assert not any("resuming from" in r.getMessage() for r in caplog.records)

@@ -76,7 +76,7 @@ def evaluate(model, source: Source, device: torch.device, batch_size: int = 16, 
 
     for i in range(len(source)):
         image, mask = to_tensors(*source.load(i))
-        item = (norm(image).as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor))
+        item = (norm(image), mask)
         if batch and (item[0].shape != batch[0][0].shape or len(batch) == batch_size):
             flush()
         batch.append(item)

@@ -23,7 +23,8 @@ _STREAMS = {"labeled": 1, "unlabeled": 2}
 
 
 class AugmentedDataset(Dataset):
-    """Wraps a Source; item (index, aug_seed) -> (image float (3, h, w), mask int64 (h, w))."""
+    """Wraps a Source; item (index, aug_seed) -> (image float (3, h, w), mask int64 (h, w)), the
+    augmentation drawn from a generator seeded with aug_seed (the global generator is untouched)."""
 
     def __init__(self, source: Source, transform) -> None:
         self.source, self.transform = source, transform
@@ -34,10 +35,7 @@ class AugmentedDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = key
         image, mask = to_tensors(*self.source.load(index))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            image, mask = self.transform(image, mask)
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        return self.transform(image, mask, torch.Generator().manual_seed(seed))
 
 
 class IterationBatchSampler(Sampler[list[tuple[int, int]]]):

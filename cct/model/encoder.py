@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from cct.config import ConfigError
 
@@ -45,6 +44,8 @@ class PSPModule(nn.Module):
 
 def _resnet_weights_file(name: str) -> tuple[Path, str]:
     """Where torchvision's hub cache keeps ``name``'s ImageNet weights, and their URL."""
+    import torchvision  # here, not at the top: importing it takes seconds, and the small encoder needs none of it
+
     weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name, weights.url
 
@@ -74,6 +75,8 @@ def resnet_backbone(name: str, pretrained: bool | str, output_stride: int) -> nn
     dilation = {8: [False, True, True], 16: [False, False, True]}.get(output_stride)
     if dilation is None:
         raise ConfigError(f"model.output_stride: {output_stride} is not supported by {name} (use 8 or 16)")
+    import torchvision
+
     net = torchvision.models.get_model(name, weights=None, replace_stride_with_dilation=dilation)
     load_pretrained(net, name, pretrained)
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)

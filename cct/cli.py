@@ -19,7 +19,8 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cct.train import Interrupted, train
+    from cct.engine import Interrupted
+    from cct.train import train
 
     config = load_config(args.config, args.overrides)
     try:
@@ -31,28 +32,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"mIoU {metrics['miou']:.2f} (best {metrics['best_miou']:.2f} at {metrics['best_iteration']}) -> {args.out}/metrics.json")
     return 0
-
-
-def load_checkpoint(path: str):
-    """(model in eval mode, its RunConfig) from a ``cct train`` checkpoint; ConfigError if it is not one."""
-    import torch
-
-    from cct.model.cct import CCT
-
-    if not Path(path).is_file():
-        raise ConfigError(f"--checkpoint: file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        config = from_dict(state["config"])
-        config.model.pretrained = False  # the checkpoint holds the weights
-        domains = state.get("domains") or {
-            "main": {"class_names": state["class_names"], "background_classes": state["background_classes"]}}
-        model = CCT(config.model, {n: len(d["class_names"]) for n, d in domains.items()},
-                    {n: d["background_classes"] for n, d in domains.items()})
-        model.load_state_dict(state["model"])
-    except Exception as exc:  # torch.load raises many types (UnpicklingError, IndexError, ...) on foreign files
-        raise ConfigError(f"--checkpoint: {path} is not a cct checkpoint ({str(exc).splitlines()[0]})") from exc
-    return model.eval(), config
 
 
 def _domain(model, config, name: str | None) -> tuple[str, object]:
@@ -67,10 +46,10 @@ def _domain(model, config, name: str | None) -> tuple[str, object]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
+    from cct.data.base import load_source
+    from cct.engine import load_checkpoint
     from cct.evaluate import PROTOCOL, evaluate
     from cct.io import atomic_write_json
-
-    from cct.data.base import load_source
 
     model, config = load_checkpoint(args.checkpoint)
     name, data = _domain(model, config, args.domain)
@@ -93,6 +72,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from cct.data.base import default_palette
     from cct.data.transforms import normalize, to_tensors
+    from cct.engine import load_checkpoint
     from cct.evaluate import predict_image
 
     model, config = load_checkpoint(args.checkpoint)
@@ -113,7 +93,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"--images: cannot read {path} ({exc})") from exc
         image, _ = to_tensors(array, np.zeros(array.shape[:2], dtype=np.int64))
-        pred = predict_image(model, norm(image).as_subclass(torch.Tensor)[None], model.stride, name)[0]
+        pred = predict_image(model, norm(image)[None], model.stride, name)[0]
         mask = Image.fromarray(pred.numpy().astype(np.uint8), mode="P")
         mask.putpalette(palette)
         mask.save(out / f"{path.stem}.png")
@@ -140,8 +120,18 @@ def cmd_splits(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embedded(args: argparse.Namespace) -> int:
+    from cct.data import embedded
+
+    if args.domain not in embedded.DOMAINS:
+        raise ConfigError(f"--domain: {args.domain!r} is not one of {sorted(embedded.DOMAINS)}")
+    paths = embedded.write(args.out, args.domain)
+    print(f"embedded domain {args.domain}: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def cmd_cam_train(args: argparse.Namespace) -> int:
-    from cct.train import Interrupted
+    from cct.engine import Interrupted
     from cct.weak.cam import train_cam
 
     config = load_config(args.config, args.overrides, kind=CamRunConfig)
@@ -215,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-lists", nargs=2, metavar=("LABELED", "UNLABELED"), help="validate and copy user lists")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_splits)
+
+    p = sub.add_parser("embedded", help="generate the embedded dataset's scenes once, for runs to read (data.root)")
+    p.add_argument("--domain", default="a", help="visual domain (a | b)")
+    p.add_argument("--out", required=True, help="folder of embedded-<domain>-<split>.npz")
+    p.set_defaults(func=cmd_embedded)
 
     cam = sub.add_parser("cam", help="the CAM classifier of the weak-label setting").add_subparsers(dest="cam_command", required=True)
     p = cam.add_parser("train", help="train the CAM classifier on the training set's image-level labels")

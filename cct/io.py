@@ -8,7 +8,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp's are 0600)
 
 
 def _atomic(path: str | Path, write) -> None:
@@ -20,6 +27,7 @@ def _atomic(path: str | Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -30,9 +38,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic(path, lambda h: h.write(text.encode()))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(path, lambda h: h.write(data))
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch  # here: the embedded data writer and the config writer need no torch
+
     _atomic(path, lambda h: torch.save(obj, h))

@@ -173,7 +173,8 @@ def _load_embedded(config: DataConfig, split: str) -> Source:
 
     if config.domain not in embedded.DOMAINS:
         raise ConfigError(f"data.domain: {config.domain!r} is not one of {sorted(embedded.DOMAINS)}")
-    data = embedded.generate(split, config.domain)
+    # written once by `cct embedded` (the workflow), or generated here
+    data = embedded.read(config.root, split, config.domain) if config.root else embedded.generate(split, config.domain)
     return Source(
         name=f"embedded-{config.domain}/{split}",
         ids=list(data.ids),

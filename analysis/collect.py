@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from analysis.grid import Run
+from planner.layout import Run
 
 KEY_COLUMNS = ["dataset", "setting", "method", "labels", "split", "seed"]
 METRIC_COLUMNS = [

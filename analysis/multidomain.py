@@ -32,13 +32,14 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from analysis.grid import JOINT_METHODS, METHOD_NAMES, SETTING_NAMES
-from analysis.tables import _join, _latex, _std, fmt_mean_std, latex_tabular
+from analysis.formatting import fmt_mean_std, join_distinct, latex, latex_tabular, sample_std
+from planner.vocabulary import JOINT_METHODS, METHOD_NAMES, SETTING_NAMES
 
 SETTING = "multi_domain"
 ROWS = ("supervised", "cct", "joint_supervised", "joint_cct")  # the paper's row order
 MEAN = "mean"  # the domain key of the per-run average over the members
-STATS = ("n", "miou_mean", "miou_std", "best_miou_mean", "best_miou_std", "gain_mean", "gain_std", "gain_n", "paper_miou")
+STATS = ("n", "miou_mean", "miou_std", "best_miou_mean", "best_miou_std", "gain_mean", "gain_std", "gain_n",
+         "paper_miou")
 HEAD_COLUMNS = ["pairing", "members", "setting", "method", "method_name", "labels", "n", "n_seeds", "n_splits",
                 "miou_mean", "miou_std", "best_miou_mean", "best_miou_std", "gain_mean", "gain_std", "gain_n",
                 "paper_miou", "paper_source"]
@@ -66,7 +67,8 @@ def infer_pairings(runs: pd.DataFrame) -> dict[str, list[str]]:
     joint = runs[runs["method"].isin(list(JOINT_METHODS)) & (runs["setting"] == SETTING)]
     if joint.empty or "domains" not in joint:
         return {}
-    return {name: str(group["domains"].dropna().iloc[0]).split(";") for name, group in joint.groupby("dataset", sort=False)}
+    return {name: str(group["domains"].dropna().iloc[0]).split(";")
+            for name, group in joint.groupby("dataset", sort=False)}
 
 
 def scores(runs: pd.DataFrame, name: str, members: list[str]) -> pd.DataFrame:
@@ -99,7 +101,8 @@ def scores(runs: pd.DataFrame, name: str, members: list[str]) -> pd.DataFrame:
     return frame.dropna(subset=["miou"]).reset_index(drop=True)
 
 
-def _paper_lookup(paper: pd.DataFrame | None, dataset: str, method: str, labels: int, encoder: str) -> tuple[float, str]:
+def _paper_lookup(paper: pd.DataFrame | None, dataset: str, method: str, labels: int,
+                  encoder: str) -> tuple[float, str]:
     if paper is None or paper.empty:
         return math.nan, ""
     match = paper[(paper["dataset"] == dataset) & (paper["setting"] == SETTING) & (paper["method"] == method)
@@ -155,14 +158,15 @@ def summarize(runs: pd.DataFrame, pairings: Mapping[str, list[str]] | None = Non
                 base = at[at["method"] == JOINT_METHODS.get(method, "")]
                 source = runs[(runs["labels"] == labels) & (runs["method"] == method)
                               & runs["dataset"].isin([name] if method in JOINT_METHODS else members)]
-                encoder = _join(source["encoder"])
+                encoder = join_distinct(source["encoder"])
                 mean = sub[sub["domain"] == MEAN]
                 row = {
                     "pairing": name, "members": ";".join(members), "setting": SETTING, "method": method,
                     "method_name": METHOD_NAMES.get(method, method), "labels": int(labels),
                     "n_seeds": int(mean["seed"].nunique()), "n_splits": int(mean["split"].nunique()),
                     "paper_source": "", "paper_dataset": paper_key, "encoder": encoder,
-                    "iterations": _join(source["iterations"]), "eval_protocol": _join(source["eval_protocol"]),
+                    "iterations": join_distinct(source["iterations"]),
+                    "eval_protocol": join_distinct(source["eval_protocol"]),
                 }
                 sources = []
                 for domain in [*members, MEAN]:
@@ -171,16 +175,18 @@ def summarize(runs: pd.DataFrame, pairings: Mapping[str, list[str]] | None = Non
                     stats = {
                         "n": int(cell["miou"].notna().sum()),
                         "miou_mean": float(cell["miou"].mean()) if len(cell) else math.nan,
-                        "miou_std": _std(cell["miou"]),
-                        "best_miou_mean": float(cell["best_miou"].mean()) if cell["best_miou"].notna().any() else math.nan,
-                        "best_miou_std": _std(cell["best_miou"]),
+                        "miou_std": sample_std(cell["miou"]),
+                        "best_miou_mean": (float(cell["best_miou"].mean()) if cell["best_miou"].notna().any()
+                                           else math.nan),
+                        "best_miou_std": sample_std(cell["best_miou"]),
                         "gain_mean": math.nan, "gain_std": math.nan, "gain_n": 0,
                     }
                     if len(base):
                         reference = base[base["domain"] == domain].set_index(["split", "seed"])["miou"]
                         paired = (cell["miou"] - reference.reindex(cell.index)).dropna()
                         if len(paired):
-                            stats.update(gain_mean=float(paired.mean()), gain_std=_std(paired), gain_n=len(paired))
+                            stats.update(gain_mean=float(paired.mean()), gain_std=sample_std(paired),
+                                         gain_n=len(paired))
                     key = paper_key if domain == MEAN else f"{paper_key}@{labels_of[domain]}"
                     stats["paper_miou"], found = _paper_lookup(paper, key, method, labels, encoder)
                     if found:
@@ -200,7 +206,8 @@ def summarize(runs: pd.DataFrame, pairings: Mapping[str, list[str]] | None = Non
 
 
 def caption(summary: pd.DataFrame) -> str:
-    protocols = "; ".join(sorted({p for v in summary["eval_protocol"].dropna() for p in str(v).split("; ") if p})) or "unknown"
+    protocols = "; ".join(sorted({p for v in summary["eval_protocol"].dropna() for p in str(v).split("; ") if p}))
+    protocols = protocols or "unknown"
     return (
         f"{SETTING_NAMES[SETTING]}. Per pairing and number of labelled images per domain: each dataset "
         "trained alone (Supervised, CCT) and all of them jointly with a shared encoder and a decoder set "
@@ -234,14 +241,16 @@ def display_block(rows: pd.DataFrame, members: list[str]) -> pd.DataFrame:
     for domain in [*members, MEAN]:
         suffix = "" if domain == MEAN else f"@{domain}"
         table["Mean" if domain == MEAN else domain] = [
-            fmt_mean_std(m, s) for m, s in zip(rows[f"miou_mean{suffix}"], rows[f"miou_std{suffix}"])]
+            fmt_mean_std(m, s) for m, s in zip(rows[f"miou_mean{suffix}"], rows[f"miou_std{suffix}"], strict=True)]
     if (rows["gain_n"] > 0).any():
         for domain in [*members, MEAN]:
             suffix = "" if domain == MEAN else f"@{domain}"
             table[f"Gain {'mean' if domain == MEAN else domain}"] = [
                 fmt_mean_std(m, s, signed=True) if n else ""
-                for m, s, n in zip(rows[f"gain_mean{suffix}"], rows[f"gain_std{suffix}"], rows[f"gain_n{suffix}"])]
-    table["n (seeds × splits)"] = [f"{n} ({a} × {b})" for n, a, b in zip(rows["n"], rows["n_seeds"], rows["n_splits"])]
+                for m, s, n in zip(rows[f"gain_mean{suffix}"], rows[f"gain_std{suffix}"], rows[f"gain_n{suffix}"],
+                                   strict=True)]
+    table["n (seeds × splits)"] = [f"{n} ({a} × {b})"
+                                   for n, a, b in zip(rows["n"], rows["n_seeds"], rows["n_splits"], strict=True)]
     table["Paper"] = [_fmt_paper(row, members) for _, row in rows.iterrows()]
     return table
 
@@ -259,12 +268,12 @@ def to_markdown(summary: pd.DataFrame) -> str:
 
 
 def to_latex(summary: pd.DataFrame) -> str:
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex(caption(summary))}}}", rf"\label{{tab:{SETTING}}}"]
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex(caption(summary))}}}", rf"\label{{tab:{SETTING}}}"]
     for k, (name, members, labels, rows) in enumerate(_blocks(summary)):
         table = display_block(rows, members)
         if k:
             lines.append(r"\medskip")
-        lines.append(rf"\par\textbf{{{_latex(_title(name, members, labels))}}}\par")
+        lines.append(rf"\par\textbf{{{latex(_title(name, members, labels))}}}\par")
         lines += latex_tabular(table, "l" + "r" * (len(table.columns) - 1))
     lines += [r"\end{table}", ""]
     return "\n".join(lines)

@@ -1,15 +1,17 @@
-"""Figures of the paper's settings, each written as PNG and PDF.
+"""Figures of the paper's settings, each written as PNG and PDF. A setting's figure is of the kind
+its entry in planner/vocabulary.py names (``Setting.figure``):
 
-- ``label_fraction``: final mIoU against the number of labelled images, supervised vs CCT; the line
-  is the mean over runs, the band one standard deviation, the dots single runs.
-- ``perturbation_ablation``: final mIoU per perturbation alone (and all together, and supervised),
-  bars with ± one standard deviation and the single runs as dots.
-- ``weak_labels``: the same bars for supervised, CCT and CCT + image-level labels.
-- ``multi_domain``: per pairing and label count, grouped bars: final mIoU on each dataset of the
-  pairing and their mean, one bar per method (each dataset alone, supervised and CCT; jointly,
-  supervised and CCT), ± one standard deviation, single runs as dots.
-- ``curves``: validation mIoU and the training losses against the iteration (from each run's
-  ``history``), mean ± one standard deviation over runs.
+- ``curve`` (``label_fraction``): final mIoU against the number of labelled images, one line per
+  method (supervised vs CCT); the line is the mean over runs, the band one standard deviation, the
+  dots single runs.
+- ``bars`` (``perturbation_ablation``: each perturbation alone, all together, supervised;
+  ``weak_labels``: supervised, CCT and CCT + image-level labels): final mIoU per method, bars with
+  ± one standard deviation and the single runs as dots.
+- ``pairings`` (``multi_domain``): per pairing and label count, grouped bars: final mIoU on each
+  dataset of the pairing and their mean, one bar per method (each dataset alone, supervised and CCT;
+  jointly, supervised and CCT), ± one standard deviation, single runs as dots.
+- ``curves`` (every setting): validation mIoU and the training losses against the iteration (from
+  each run's ``history``), mean ± one standard deviation over runs.
 
     python -m analysis.plots label_fraction --runs runs.csv --out fig.png fig.pdf
     python -m analysis.plots multi_domain --runs runs.csv --pairing ab=a,b --out fig.png fig.pdf
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -29,12 +32,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from analysis.grid import JOINT_METHODS, METHOD_NAMES, METHOD_ORDER  # noqa: E402
+from analysis import multidomain  # noqa: E402
+from planner.vocabulary import JOINT_METHODS, METHOD_NAMES, METHOD_ORDER, SETTINGS_BY_NAME, setting_of  # noqa: E402
 
 CURVE_METRICS = {"val_miou": "val mIoU (%)", "loss_sup": "supervised loss", "loss_unsup": "consistency loss",
                  "loss_weak": "weak (pseudo-label) loss"}
 _SINGLE = [m for m in METHOD_ORDER if m not in JOINT_METHODS]
-PALETTE = dict(zip([METHOD_NAMES[m] for m in _SINGLE], sns.color_palette("tab10", len(_SINGLE))))
+PALETTE = dict(zip([METHOD_NAMES[m] for m in _SINGLE], sns.color_palette("tab10", len(_SINGLE)), strict=True))
 # a joint method: the colour of the same training alone, darker
 PALETTE.update({METHOD_NAMES[j]: tuple(0.55 * c for c in PALETTE[METHOD_NAMES[m]]) for j, m in JOINT_METHODS.items()})
 
@@ -63,11 +67,12 @@ def _select(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
     return frame
 
 
-def plot_label_fraction(runs: pd.DataFrame, paths: Sequence[str | Path]) -> plt.Figure:
-    frame, order = _named(_select(runs, "label_fraction"))
+def plot_curve(runs: pd.DataFrame, setting: str, paths: Sequence[str | Path]) -> plt.Figure:
+    """Final mIoU of ``setting`` against the number of labelled images, one panel per dataset."""
+    frame, order = _named(_select(runs, setting))
     datasets = sorted(frame["dataset"].unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 3.6), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    for ax, dataset in zip(axes[0], datasets, strict=True):
         sub = frame[frame["dataset"] == dataset]
         sns.lineplot(data=sub, x="labels", y="miou", hue="Method", hue_order=order, palette=PALETTE,
                      errorbar="sd", marker="o", ax=ax)
@@ -91,10 +96,10 @@ def plot_label_fraction(runs: pd.DataFrame, paths: Sequence[str | Path]) -> plt.
 def plot_bars(runs: pd.DataFrame, setting: str, paths: Sequence[str | Path]) -> plt.Figure:
     """Final mIoU per method of ``setting``, one panel per (dataset, label count)."""
     frame, order = _named(_select(runs, setting))
-    panels = sorted({(d, int(n)) for d, n in zip(frame["dataset"], frame["labels"])})
+    panels = sorted({(d, int(n)) for d, n in zip(frame["dataset"], frame["labels"], strict=True)})
     fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 0.75 * len(order) + 1.5) * len(panels), 3.8),
                              squeeze=False)
-    for ax, (dataset, labels) in zip(axes[0], panels):
+    for ax, (dataset, labels) in zip(axes[0], panels, strict=True):
         sub = frame[(frame["dataset"] == dataset) & (frame["labels"] == labels)]
         sns.barplot(data=sub, x="Method", y="miou", order=order, hue="Method", hue_order=order, palette=PALETTE,
                     errorbar="sd", capsize=0.25, err_kws={"linewidth": 1.2}, legend=False, ax=ax)
@@ -124,7 +129,7 @@ def plot_curves(history: pd.DataFrame, setting: str, paths: Sequence[str | Path]
         save(fig, paths)
         return fig
     frame, order = _named(frame)
-    panels = sorted({(d, int(n)) for d, n in zip(frame["dataset"], frame["labels"])})
+    panels = sorted({(d, int(n)) for d, n in zip(frame["dataset"], frame["labels"], strict=True)})
     fig, axes = plt.subplots(len(metrics), len(panels), figsize=(4.4 * len(panels), 2.9 * len(metrics)),
                              squeeze=False, sharex="col")
     for col, (dataset, labels) in enumerate(panels):
@@ -132,7 +137,8 @@ def plot_curves(history: pd.DataFrame, setting: str, paths: Sequence[str | Path]
         for row, metric in enumerate(metrics):
             ax = axes[row][col]
             data = sub[sub[metric].notna()]
-            sns.lineplot(data=data, x="iteration", y=metric, hue="Method", hue_order=[o for o in order if o in set(data["Method"])],
+            hue_order = [o for o in order if o in set(data["Method"])]
+            sns.lineplot(data=data, x="iteration", y=metric, hue="Method", hue_order=hue_order,
                          palette=PALETTE, errorbar="sd", ax=ax, legend=(row == 0 and col == len(panels) - 1))
             ax.set_ylabel(CURVE_METRICS[metric])
             ax.grid(alpha=0.3)
@@ -147,23 +153,17 @@ def plot_curves(history: pd.DataFrame, setting: str, paths: Sequence[str | Path]
     return fig
 
 
-def plot_ablation(runs: pd.DataFrame, paths: Sequence[str | Path]) -> plt.Figure:
-    return plot_bars(runs, "perturbation_ablation", paths)
-
-
-def plot_weak_labels(runs: pd.DataFrame, paths: Sequence[str | Path]) -> plt.Figure:
-    return plot_bars(runs, "weak_labels", paths)
-
-
-def plot_multi_domain(runs: pd.DataFrame, paths: Sequence[str | Path], pairings: dict[str, list[str]] | None = None) -> plt.Figure:
-    """Grouped bars per (pairing, label count): x = each dataset of the pairing and their mean, one bar
-    per method (alone and joint), mean ± one standard deviation over runs, dots: single runs."""
-    from analysis import multidomain
-
+def plot_pairings(runs: pd.DataFrame, setting: str, paths: Sequence[str | Path],
+                  pairings: dict[str, list[str]] | None = None) -> plt.Figure:
+    """Grouped bars per (pairing, label count) of the multi-domain setting: x = each dataset of the
+    pairing and their mean, one bar per method (alone and joint), mean ± one standard deviation over
+    runs, dots: single runs."""
+    if setting != multidomain.SETTING:
+        raise ValueError(f"{setting}: the pairings figure is the {multidomain.SETTING} setting's")
     frame, order = _named(multidomain.bar_frame(runs, pairings))
-    panels = list(dict.fromkeys(zip(frame["pairing"], frame["labels"].astype(int))))
+    panels = list(dict.fromkeys(zip(frame["pairing"], frame["labels"].astype(int), strict=True)))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
-    for ax, (name, labels) in zip(axes[0], panels):
+    for ax, (name, labels) in zip(axes[0], panels, strict=True):
         sub = frame[(frame["pairing"] == name) & (frame["labels"] == labels)]
         x_order = [d for d in dict.fromkeys(sub["domain"]) if d != multidomain.MEAN] + [multidomain.MEAN]
         sns.barplot(data=sub, x="domain", y="miou", order=x_order, hue="Method", hue_order=order, palette=PALETTE,
@@ -182,8 +182,15 @@ def plot_multi_domain(runs: pd.DataFrame, paths: Sequence[str | Path], pairings:
     return fig
 
 
-PLOTS = {"label_fraction": plot_label_fraction, "perturbation_ablation": plot_ablation, "weak_labels": plot_weak_labels,
-         "multi_domain": plot_multi_domain}
+FIGURES = {"curve": plot_curve, "bars": plot_bars, "pairings": plot_pairings}  # Setting.figure -> its function
+
+
+def plot_setting(setting: str, runs: pd.DataFrame, paths: Sequence[str | Path], **options) -> plt.Figure:
+    """The figure of ``setting``, of its kind (planner/vocabulary.py)."""
+    return FIGURES[setting_of(setting).figure](runs, setting, paths, **options)
+
+
+PLOTS = {name: partial(plot_setting, name) for name in SETTINGS_BY_NAME}  # setting -> f(runs, paths)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(kind, help=f"the {kind} figure from runs.csv")
         p.add_argument("--runs", required=True)
         p.add_argument("--out", nargs="+", required=True, help="output files (.png, .pdf)")
-        if kind == "multi_domain":
+        if SETTINGS_BY_NAME[kind].figure == "pairings":
             p.add_argument("--pairing", action="append", default=[], metavar="NAME=A,B",
                            help="a pairing and its datasets (default: inferred from the joint runs)")
     p = sub.add_parser("curves", help="training curves of a setting from history.csv")
@@ -204,10 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     sns.set_theme(style="ticks", context="paper")
     if args.kind == "curves":
         plot_curves(pd.read_csv(args.history), args.setting, args.out)
-    elif args.kind == "multi_domain":
-        from analysis import multidomain
-
-        plot_multi_domain(pd.read_csv(args.runs), args.out, multidomain.parse_pairings(args.pairing))
+    elif SETTINGS_BY_NAME[args.kind].figure == "pairings":
+        PLOTS[args.kind](pd.read_csv(args.runs), args.out, pairings=multidomain.parse_pairings(args.pairing))
     else:
         PLOTS[args.kind](pd.read_csv(args.runs), args.out)
     print(f"{args.kind} -> {' '.join(args.out)}")

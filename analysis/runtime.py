@@ -17,7 +17,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from analysis.grid import METHOD_NAMES, METHOD_ORDER, Run
+from planner.layout import Run
+from planner.vocabulary import METHOD_NAMES, METHOD_ORDER
 
 COLUMNS = ["dataset", "setting", "method", "jobs", "wall_s_mean", "wall_s_max", "wall_s_total",
            "cpu_s_total", "max_rss_mb", "threads"]

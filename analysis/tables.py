@@ -12,7 +12,8 @@ read from ``data/paper_numbers.csv`` (rows with kind ``paper`` only); none is ev
     python -m analysis.tables --runs runs.csv --paper data/paper_numbers.csv --setting label_fraction \
         --csv t.csv --md t.md --tex t.tex
 
-The multi-domain setting has its own layout (a column per dataset of a pairing): analysis/multidomain.py.
+A setting whose table layout is ``pairings`` (the multi-domain setting: a column per dataset of a
+pairing, planner/vocabulary.py) has its own module: analysis/multidomain.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.grid import METHOD_NAMES, METHOD_ORDER, SETTING_NAMES
+from analysis import multidomain
+from analysis.formatting import fmt_mean_std, join_distinct, latex, latex_tabular, mean_defined, sample_std
+from planner.vocabulary import METHOD_NAMES, METHOD_ORDER, SETTING_NAMES, SETTINGS_BY_NAME
 
 GROUP = ["dataset", "method", "labels"]
 PAPER_KEYS = ["dataset", "setting", "method", "labels", "encoder"]
@@ -37,22 +40,6 @@ SUMMARY_COLUMNS = [
     "paper_miou", "paper_source",
     "cct_dataset", "encoder", "iterations", "eval_protocol",
 ]
-
-
-def _std(values: pd.Series) -> float:
-    """Sample standard deviation (ddof 1); NaN for fewer than two values."""
-    values = values.dropna()
-    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
-
-
-def _mean_defined(values: pd.Series) -> float:
-    """Mean of the values that are not NaN; NaN if none is."""
-    values = values.dropna()
-    return float(values.mean()) if len(values) else math.nan
-
-
-def _join(values: pd.Series) -> str:
-    return "; ".join(sorted({str(v) for v in values.dropna()}))
 
 
 def load_paper(path: str | Path | None) -> pd.DataFrame:
@@ -80,21 +67,21 @@ def summarize(runs: pd.DataFrame, setting: str, paper: pd.DataFrame | None = Non
             "method_name": METHOD_NAMES.get(method, method), "labels": int(labels),
             "n": int(group["miou"].notna().sum()),
             "n_seeds": int(group["seed"].nunique()), "n_splits": int(group["split"].nunique()),
-            "miou_mean": float(group["miou"].mean()), "miou_std": _std(group["miou"]),
-            "best_miou_mean": float(group["best_miou"].mean()), "best_miou_std": _std(group["best_miou"]),
+            "miou_mean": float(group["miou"].mean()), "miou_std": sample_std(group["miou"]),
+            "best_miou_mean": float(group["best_miou"].mean()), "best_miou_std": sample_std(group["best_miou"]),
             # the two axes of the spread: training seeds within a split draw, and split draws
-            "miou_std_seed": _mean_defined(per_split.apply(_std)),
-            "miou_std_split": _std(per_split.mean()),
+            "miou_std_seed": mean_defined(per_split.apply(sample_std)),
+            "miou_std_split": sample_std(per_split.mean()),
             "gain_mean": math.nan, "gain_std": math.nan, "gain_n": 0,
-            "cct_dataset": _join(group["cct_dataset"]), "encoder": _join(group["encoder"]),
-            "iterations": _join(group["iterations"]), "eval_protocol": _join(group["eval_protocol"]),
+            "cct_dataset": join_distinct(group["cct_dataset"]), "encoder": join_distinct(group["encoder"]),
+            "iterations": join_distinct(group["iterations"]), "eval_protocol": join_distinct(group["eval_protocol"]),
         }
         if method != "supervised" and len(baseline):
             keys = pd.MultiIndex.from_frame(group[["dataset", "labels", "split", "seed"]])
             paired = group["miou"].to_numpy() - baseline.reindex(keys).to_numpy()
             paired = paired[~np.isnan(paired)]
             if len(paired):
-                row.update(gain_mean=float(paired.mean()), gain_std=_std(pd.Series(paired)), gain_n=len(paired))
+                row.update(gain_mean=float(paired.mean()), gain_std=sample_std(pd.Series(paired)), gain_n=len(paired))
         rows.append(row)
     summary = pd.DataFrame(rows)
     summary["paper_miou"], summary["paper_source"] = math.nan, ""
@@ -118,17 +105,6 @@ def summarize(runs: pd.DataFrame, setting: str, paper: pd.DataFrame | None = Non
 # Formatting
 
 
-def fmt_mean_std(mean: float, std: float, digits: int = 1, signed: bool = False) -> str:
-    """``41.2 ± 1.3``; the mean alone where the std is undefined (n = 1); empty where there is no mean."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return ""
-    mean = round(float(mean), digits) + 0.0  # no "-0.0"
-    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return text
-    return f"{text} ± {std:.{digits}f}"
-
-
 def caption(summary: pd.DataFrame, setting: str) -> str:
     protocols = "; ".join(sorted({p for v in summary["eval_protocol"] for p in str(v).split("; ") if p})) or "unknown"
     datasets = ", ".join(sorted(set(summary["dataset"])))
@@ -150,14 +126,17 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         "Dataset": summary["dataset"],
         "Labels": summary["labels"],
         "Method": summary["method_name"],
-        "mIoU final": [fmt_mean_std(m, s) for m, s in zip(summary["miou_mean"], summary["miou_std"])],
-        "mIoU best on val": [fmt_mean_std(m, s) for m, s in zip(summary["best_miou_mean"], summary["best_miou_std"])],
+        "mIoU final": [fmt_mean_std(m, s) for m, s in zip(summary["miou_mean"], summary["miou_std"], strict=True)],
+        "mIoU best on val": [fmt_mean_std(m, s)
+                             for m, s in zip(summary["best_miou_mean"], summary["best_miou_std"], strict=True)],
     })
     if (summary["gain_n"] > 0).any():
         table["Gain vs supervised"] = [
-            fmt_mean_std(m, s, signed=True) if n else "" for m, s, n in zip(summary["gain_mean"], summary["gain_std"], summary["gain_n"])
+            fmt_mean_std(m, s, signed=True) if n else ""
+            for m, s, n in zip(summary["gain_mean"], summary["gain_std"], summary["gain_n"], strict=True)
         ]
-    table["n (seeds × splits)"] = [f"{n} ({a} × {b})" for n, a, b in zip(summary["n"], summary["n_seeds"], summary["n_splits"])]
+    counts = zip(summary["n"], summary["n_seeds"], summary["n_splits"], strict=True)
+    table["n (seeds × splits)"] = [f"{n} ({a} × {b})" for n, a, b in counts]
     table["Paper"] = ["" if math.isnan(p) else f"{p:.1f}" for p in summary["paper_miou"]]
     return table
 
@@ -167,27 +146,10 @@ def to_markdown(summary: pd.DataFrame, setting: str) -> str:
     return f"Table: {caption(summary, setting)}\n\n{body}\n"
 
 
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def _latex(text: object) -> str:
-    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
-    return out.replace("±", r"$\pm$").replace("×", r"$\times$")
-
-
-def latex_tabular(table: pd.DataFrame, align: str) -> list[str]:
-    """A booktabs ``tabular`` of a formatted table, as lines."""
-    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(_latex(c) for c in table.columns) + r" \\",
-             r"\midrule"]
-    lines += [" & ".join(_latex(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
-    return lines + [r"\bottomrule", r"\end{tabular}"]
-
-
 def to_latex(summary: pd.DataFrame, setting: str) -> str:
     table = display_table(summary)
     align = "ll" + "l" + "r" * (len(table.columns) - 3)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex(caption(summary, setting))}}}",
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex(caption(summary, setting))}}}",
              rf"\label{{tab:{setting}}}"]
     lines += latex_tabular(table, align) + [r"\end{table}", ""]
     return "\n".join(lines)
@@ -212,9 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairing", action="append", default=[], metavar="NAME=A,B",
                         help="multi_domain: a pairing and its datasets (default: inferred from the joint runs)")
     args = parser.parse_args(argv)
-    if args.setting == "multi_domain":  # its own layout: a column per domain (analysis/multidomain.py)
-        from analysis import multidomain
-
+    known = SETTINGS_BY_NAME.get(args.setting)
+    if known is not None and known.table == "pairings":  # a column per domain (analysis/multidomain.py)
         summary = multidomain.summarize(pd.read_csv(args.runs), multidomain.parse_pairings(args.pairing),
                                         load_paper(args.paper))
         multidomain.write_tables(summary, args.csv, args.md, args.tex)

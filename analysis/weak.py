@@ -7,7 +7,8 @@
   their classes (maximum over the present classes), the pseudo label, and the prediction of the
   CCT + image-level labels model.
 
-    python -m analysis.weak table --summaries S1.json S2.json --cams C1/metrics.json C2/metrics.json --csv t.csv --md t.md
+    python -m analysis.weak table --summaries S1.json S2.json --cams C1/metrics.json C2/metrics.json \
+        --csv t.csv --md t.md
     python -m analysis.weak figure --cam-config cam.yaml --cams CAMS --pseudo PSEUDO --checkpoint RUN/checkpoint.pt \
         --ids unlabeled.txt --out fig.png fig.pdf
 """
@@ -16,26 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from analysis.tables import fmt_mean_std
-
-_WEAK_RE = re.compile(r"(?:^|/)(?P<dataset>[^/]+)/seed(?P<seed>\d+)(?:/|\.|$)")
-
-
-def _key(path: str | Path) -> tuple[str, int]:
-    """(dataset, seed) from a path under ``{results}/weak/{dataset}/seed{seed}``."""
-    match = None
-    for match in _WEAK_RE.finditer(Path(path).as_posix()):
-        pass
-    if match is None:
-        raise ValueError(f"{path}: not under .../{{dataset}}/seed{{seed}}/")
-    return match["dataset"], int(match["seed"])
+from analysis.formatting import fmt_mean_std, mean_defined, sample_std
+from planner.layout import weak_key_of
 
 
 def quality_rows(summaries: Sequence[str | Path], cams: Sequence[str | Path]) -> pd.DataFrame:
@@ -43,14 +31,14 @@ def quality_rows(summaries: Sequence[str | Path], cams: Sequence[str | Path]) ->
     rows: dict[tuple[str, int], dict] = {}
     for path in summaries:
         data = json.loads(Path(path).read_text())
-        rows.setdefault(_key(path), {}).update(
+        rows.setdefault(weak_key_of(path), {}).update(
             pseudo_miou=data["miou"], ignored_fraction=data["ignored_fraction"],
             pseudo_pixel_accuracy=data.get("pixel_accuracy"),
             fg_threshold=data.get("fg_threshold"), bg_threshold=data.get("bg_threshold"),
         )
     for path in cams:
         data = json.loads(Path(path).read_text())
-        rows.setdefault(_key(Path(path).parent), {}).update(
+        rows.setdefault(weak_key_of(Path(path).parent), {}).update(
             cam_label_accuracy=data.get("val_label_accuracy"), cam_exact_match=data.get("val_exact_match"),
         )
     frame = pd.DataFrame([{"dataset": d, "seed": s, **v} for (d, s), v in sorted(rows.items())])
@@ -65,20 +53,25 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     for dataset, group in frame.groupby("dataset", sort=True):
         row = {"dataset": dataset, "n_seeds": int(group["seed"].nunique())}
         for c in columns:
-            values = group[c].dropna() if c in group else pd.Series(dtype=float)
-            row[f"{c}_mean"] = float(values.mean()) if len(values) else math.nan
-            row[f"{c}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        row["thresholds"] = "; ".join(sorted({f"fg {f}, bg {b}" for f, b in zip(group["fg_threshold"], group["bg_threshold"])}))
+            values = group[c] if c in group else pd.Series(dtype=float)
+            row[f"{c}_mean"], row[f"{c}_std"] = mean_defined(values), sample_std(values)
+        thresholds = zip(group["fg_threshold"], group["bg_threshold"], strict=True)
+        row["thresholds"] = "; ".join(sorted({f"fg {f}, bg {b}" for f, b in thresholds}))
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _cells(summary: pd.DataFrame, column: str) -> list[str]:
+    """``mean ± std`` cells of a summary column (``<column>_mean``, ``<column>_std``)."""
+    return [fmt_mean_std(m, s) for m, s in zip(summary[f"{column}_mean"], summary[f"{column}_std"], strict=True)]
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
     table = pd.DataFrame({
         "Dataset": summary["dataset"],
-        "Pseudo-label mIoU (labelled pixels)": [fmt_mean_std(m, s) for m, s in zip(summary["pseudo_miou_mean"], summary["pseudo_miou_std"])],
-        "Ignored pixels (%)": [fmt_mean_std(m, s) for m, s in zip(summary["ignored_fraction_mean"], summary["ignored_fraction_std"])],
-        "CAM image-level accuracy on val (%)": [fmt_mean_std(m, s) for m, s in zip(summary["cam_label_accuracy_mean"], summary["cam_label_accuracy_std"])],
+        "Pseudo-label mIoU (labelled pixels)": _cells(summary, "pseudo_miou"),
+        "Ignored pixels (%)": _cells(summary, "ignored_fraction"),
+        "CAM image-level accuracy on val (%)": _cells(summary, "cam_label_accuracy"),
         "Thresholds": summary["thresholds"],
         "Seeds": summary["n_seeds"],
     })
@@ -116,11 +109,12 @@ def figure(cam_config: str, cams: str, pseudo: str, checkpoint: str, ids_file: s
     wanted = [line.strip() for line in Path(ids_file).read_text().splitlines() if line.strip()]
     position = {name: i for i, name in enumerate(source.ids)}
     # images with at least one foreground class, in list order: the first n
-    chosen = [name for name in wanted if source.image_labels is not None and source.image_labels[position[name]].any()][:n]
+    labelled = source.image_labels
+    chosen = [name for name in wanted if labelled is not None and labelled[position[name]].any()][:n]
     palette = default_palette().astype(np.float32) / 255.0
     columns = ["image", "ground truth", "CAM (max over present classes)", "pseudo label", "CCT + image-level labels"]
     fig, axes = plt.subplots(len(chosen), len(columns), figsize=(2.2 * len(columns), 2.2 * len(chosen)), squeeze=False)
-    for r, (row, name) in enumerate(zip(axes, chosen)):
+    for r, (row, name) in enumerate(zip(axes, chosen, strict=True)):
         image, truth = source.load(position[name])
         _, maps = read_cams(Path(cams) / f"{id_filename(name)}.npz")
         label = read_mask(Path(pseudo) / f"{id_filename(name)}.png")
@@ -128,7 +122,7 @@ def figure(cam_config: str, cams: str, pseudo: str, checkpoint: str, ids_file: s
         pred = predict_image(model, normalize()(x).as_subclass(torch.Tensor)[None], model.stride)[0].numpy()
         heat = maps.max(0) if len(maps) else np.zeros(truth.shape, dtype=np.float32)
         panels = [image, palette[truth], heat, palette[label], palette[pred]]
-        for ax, panel, title in zip(row, panels, columns):
+        for ax, panel, title in zip(row, panels, columns, strict=True):
             ax.imshow(panel, cmap="jet" if panel is heat else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])

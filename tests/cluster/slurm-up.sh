@@ -51,7 +51,7 @@ fi
 export PATH=/usr/sbin:/sbin:$PATH
 
 # --- 2. configuration --------------------------------------------------------------------------
-STATE=${1:-$(mktemp -d /tmp/cct-slurm.XXXXXX)}
+STATE=${1:-$(mktemp -d -t cct-slurm.XXXXXX)}
 mkdir -p "$STATE"/{pids,log,spool/ctld,spool/d,mysql,run}
 [ -e "$STATE/slurm.conf" ] && die "$STATE already holds a SLURM state; run slurm-down.sh $STATE first"
 STATE=$(cd "$STATE" && pwd)

@@ -133,14 +133,15 @@ def squeue_train_job(env: dict, run: str) -> str | None:
 
 def train_comment(run: str) -> str:
     """The plugin's job comment of a training: rule_<rule>_wildcards_<wildcard values joined by _>."""
-    return "rule_train_wildcards_" + "_".join(["tiny", *run.split("/"), *RUN_SUFFIX.replace("split", "").replace("seed", "").split("/")])
+    suffix = RUN_SUFFIX.replace("split", "").replace("seed", "").split("/")
+    return "rule_train_wildcards_" + "_".join(["tiny", *run.split("/"), *suffix])
 
 
 def sacct(env: dict) -> list[dict]:
     fields = ["JobID", "JobName", "Comment", "Partition", "Account", "State", "ExitCode", "AllocTRES", "Elapsed"]
     out = subprocess.run(["sacct", "-X", "-P", "-n", "-a", "-S", "2020-01-01", "-o", ",".join(fields)],
                          env=env, capture_output=True, text=True, timeout=60, check=True).stdout
-    return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
+    return [dict(zip(fields, line.split("|"), strict=False)) for line in out.splitlines() if line]
 
 
 def tables(workdir: Path) -> dict[str, pd.DataFrame | str]:

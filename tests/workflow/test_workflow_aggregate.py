@@ -11,7 +11,7 @@ import pytest
 from workflow_helpers import ROOT
 
 from analysis import collect, plots, runtime, tables
-from analysis.grid import Run
+from planner.layout import Run
 
 PAPER = ROOT / "data" / "paper_numbers.csv"
 CLASSES = ["background", "disk", "ring"]
@@ -49,13 +49,15 @@ def grid_files(tmp_path) -> list[Path]:
         files.append(write_metrics(tmp_path, Run("toy", lf, "supervised", 10, 0, seed), sup, sup_best))
         files.append(write_metrics(tmp_path, Run("toy", lf, "cct", 10, 0, seed), cct, cct_best))
     # 20 labels, two split draws x two seeds (supervised only)
-    for (split, seed), value in zip([(0, 0), (0, 1), (1, 0), (1, 1)], [50, 52, 54, 56]):
+    for (split, seed), value in zip([(0, 0), (0, 1), (1, 0), (1, 1)], [50, 52, 54, 56], strict=True):
         files.append(write_metrics(tmp_path, Run("toy", lf, "supervised", 20, split, seed), value, value + 1))
     # a paper protocol: VOC, 1464 labels, ResNet-50
-    files.append(write_metrics(tmp_path, Run("voc", lf, "cct", 1464, 0, 0), 60.0, 61.0, cct_dataset="voc", encoder="resnet50"))
-    files.append(write_metrics(tmp_path, Run("voc", lf, "supervised", 1464, 0, 0), 55.0, 56.0, cct_dataset="voc", encoder="resnet50"))
+    voc = {"cct_dataset": "voc", "encoder": "resnet50"}
+    files.append(write_metrics(tmp_path, Run("voc", lf, "cct", 1464, 0, 0), 60.0, 61.0, **voc))
+    files.append(write_metrics(tmp_path, Run("voc", lf, "supervised", 1464, 0, 0), 55.0, 56.0, **voc))
     # the same label count with another encoder follows no paper protocol
-    files.append(write_metrics(tmp_path, Run("voc18", lf, "cct", 1464, 0, 0), 50.0, 51.0, cct_dataset="voc", encoder="resnet18"))
+    files.append(write_metrics(tmp_path, Run("voc18", lf, "cct", 1464, 0, 0), 50.0, 51.0, cct_dataset="voc",
+                               encoder="resnet18"))
     # ablation: supervised and two perturbations, two seeds
     ab = "perturbation_ablation"
     for method, values in {"supervised": (30, 32), "vat": (35, 36), "all": (38, 40)}.items():
@@ -68,7 +70,8 @@ def test_collect_rows(grid_files):
     runs, history = collect.collect(grid_files)
     assert len(runs) == len(grid_files) == 19
     assert list(runs.columns[:6]) == ["dataset", "setting", "method", "labels", "split", "seed"]
-    assert {"miou", "best_miou", "wall_time_s", "iou_background", "iou_disk", "iou_ring", "eval_protocol"} <= set(runs.columns)
+    assert {"miou", "best_miou", "wall_time_s", "iou_background", "iou_disk", "iou_ring",
+            "eval_protocol"} <= set(runs.columns)
     row = runs[(runs["dataset"] == "toy") & (runs["method"] == "cct") & (runs["seed"] == 1)].iloc[0]
     assert (row["miou"], row["best_miou"], row["iou_disk"], row["wall_time_s"]) == (48, 49, 48, 12.5)
     assert math.isnan(row["iou_ring"])  # null (class absent) stays empty
@@ -129,12 +132,11 @@ def test_paper_column_only_where_a_paper_protocol_matches(grid_files):
 
 def test_paper_numbers_file_holds_only_copied_numbers():
     paper = pd.read_csv(PAPER)
-    seed = pd.read_csv("/work/shared/seed/paper_tables/paper_numbers.csv") if Path(
-        "/work/shared/seed/paper_tables/paper_numbers.csv").is_file() else None
     assert set(paper[paper["kind"] == "paper"]["miou"]) == {69.4, 73.2}
     assert paper["source"].str.len().gt(0).all()
-    if seed is not None:  # every number is the seed's (69.4 stands in two settings' tables)
-        assert set(paper["miou"]) == set(seed["miou"])
+    # the only other number is the author's recollection of the supervised baseline, never shown as a paper number
+    assert paper[paper["kind"] != "paper"][["method", "miou", "kind"]].values.tolist() == [
+        ["supervised", 66.0, "author-recollection"]]
     # the weak-label table shows Table 1's pair: CCT 69.4 and CCT + image-level labels 73.2
     weak = paper[paper["setting"] == "weak_labels"].set_index("method")["miou"].to_dict()
     assert weak == {"cct": 69.4, "cct_weak": 73.2}
@@ -182,9 +184,11 @@ def test_runtime_from_benchmarks(tmp_path):
         paths.append(path)
     summary = runtime.summarize(runtime.read_benchmarks(paths), threads=1)
     sup = summary[(summary["setting"] == "label_fraction") & (summary["method"] == "supervised")].iloc[0]
-    assert (sup["jobs"], sup["wall_s_mean"], sup["wall_s_max"], sup["wall_s_total"], sup["max_rss_mb"]) == (2, 12.0, 14.0, 24.0, 520.0)
+    assert (sup["jobs"], sup["wall_s_mean"], sup["wall_s_max"], sup["wall_s_total"], sup["max_rss_mb"]) == (
+        2, 12.0, 14.0, 24.0, 520.0)
     total_lf = summary[(summary["setting"] == "label_fraction") & (summary["method"] == "total")].iloc[0]
-    assert (total_lf["jobs"], total_lf["wall_s_total"], total_lf["cpu_s_total"], total_lf["max_rss_mb"]) == (3, 54.0, 51.0, 800.0)
+    assert (total_lf["jobs"], total_lf["wall_s_total"], total_lf["cpu_s_total"], total_lf["max_rss_mb"]) == (
+        3, 54.0, 51.0, 800.0)
     grand = summary.iloc[-1]
     assert (grand["dataset"], grand["jobs"], grand["wall_s_total"]) == ("all", 4, 74.0)
     md = runtime.to_markdown(summary)

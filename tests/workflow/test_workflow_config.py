@@ -40,7 +40,8 @@ def test_default_config_dry_run_lists_every_job(workdir, default_config):
     assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 36
     assert counts["alias"] == n_aliases == 12
     assert counts["run_config"] == counts["train"]
-    assert counts["splits"] == n_counts + 1  # the curve's counts of domain a (the others' are among them), domain b at 50
+    # the curve's counts of domain a (the others' are among them), domain b at 50
+    assert counts["splits"] == n_counts + 1
     aliases = re.findall(r"rule alias:\n.*?wildcards: alias=([^\n]*)", proc.stdout, re.S)
     assert sorted(aliases) == sorted(
         [f"embedded/perturbation_ablation/{m}/{ablation_count}/split0/seed{s}" for m in ("supervised", "all")

@@ -13,22 +13,11 @@ import time
 
 import pandas as pd
 import pytest
-from workflow_helpers import ROOT, SNAKEMAKE, snakemake, write_config
+from workflow_helpers import ROOT, SNAKEMAKE, load_test_config, snakemake, write_config
 
 pytest.importorskip("cct.cli", reason="the cct package is needed for a real run")
 
-TINY = {
-    "cct": {
-        "model": {"encoder": "small"},
-        "train": {"iterations": 4, "eval_interval": 2, "checkpoint_interval": 2, "progress": False},
-    },
-    "datasets": {"tiny": {"cct": {"data": {"dataset": "embedded", "domain": "a"}}, "label_counts": [10]}},
-    "seeds": [0],
-    "settings": {
-        "label_fraction": {"methods": ["supervised", "cct"]},
-        "perturbation_ablation": {"label_count": 10, "methods": ["supervised", "vat"]},
-    },
-}
+TINY = load_test_config("tiny")  # .test/config/tiny.yaml
 RUNS = {("label_fraction", "supervised"), ("label_fraction", "cct"),
         ("perturbation_ablation", "supervised"), ("perturbation_ablation", "vat")}
 
@@ -46,7 +35,7 @@ def test_tiny_grid_end_to_end(tmp_path):
 
     # one directory per run, with everything the issue lists; the resume state is gone once done
     runs = pd.read_csv(results / "tables" / "runs.csv")
-    assert set(zip(runs["setting"], runs["method"])) == RUNS and len(runs) == 4
+    assert set(zip(runs["setting"], runs["method"], strict=True)) == RUNS and len(runs) == 4
     assert (runs["labels"] == 10).all() and (runs["dataset"] == "tiny").all()
     assert runs["miou"].between(0, 100).all() and runs["iou_background"].notna().all()
     run_dir = results / "runs" / "tiny" / "perturbation_ablation" / "vat" / "10" / "split0" / "seed0"
@@ -102,13 +91,7 @@ def test_tiny_grid_end_to_end(tmp_path):
 
 
 def test_interrupted_run_resumes(tmp_path):
-    config = {
-        "cct": {"train": {"iterations": 40, "eval_interval": 40, "checkpoint_interval": 5, "progress": False}},
-        "datasets": {"tiny": {"cct": {"data": {"dataset": "embedded", "domain": "a"}}, "label_counts": [10]}},
-        "seeds": [0],
-        "settings": {"label_fraction": {"methods": ["cct"]}, "perturbation_ablation": {"enabled": False}},
-    }
-    write_config(tmp_path, config)
+    write_config(tmp_path, load_test_config("resume"))
     target = "results/runs/tiny/label_fraction/cct/10/split0/seed0/metrics.json"
     state = tmp_path / "results" / "resume" / "tiny" / "label_fraction" / "cct" / "10" / "split0" / "seed0" / "state.pt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE")}

@@ -1,4 +1,4 @@
-"""The grid expansion (analysis/grid.py): which runs a config asks for and each run's cct config."""
+"""The grid expansion (workflow/planner/grid.py): which runs a config asks for and each run's cct config."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import copy
 
 import pytest
 import yaml
-from workflow_helpers import ROOT
 from snakemake.utils import validate
+from workflow_helpers import ROOT
 
-from analysis import grid
-from analysis.grid import GridError, Run
+from cct.model.perturbations import PERTURBATIONS
+from planner import configs, grid
+from planner.configs import GridError
+from planner.layout import Run
+from planner.vocabulary import SETTINGS
 
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -32,9 +35,10 @@ def test_schema_fills_defaults():
     assert config["results"] == "results"
     assert config["seeds"] == [0, 1]
     assert config["settings"]["label_fraction"] == {
-        "enabled": True, "methods": ["supervised", "cct"], "label_counts": None, "datasets": None, "seeds": None, "cct": {}}
+        "enabled": True, "methods": ["supervised", "cct"], "label_counts": None, "datasets": None, "seeds": None,
+        "cct": {}}
     ablation = config["settings"]["perturbation_ablation"]
-    assert ablation["methods"] == ["supervised", *grid.PERTURBATIONS, "all"]
+    assert ablation["methods"] == ["supervised", *PERTURBATIONS, "all"]
     assert ablation["label_count"] is None
     assert config["datasets"]["embedded"]["split_seeds"] == [0]
     assert config["resources"]["train"] == {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
@@ -43,7 +47,7 @@ def test_schema_fills_defaults():
 def test_default_config_grid(default_config):
     config = validated(default_config)
     runs = grid.check_config(config)
-    by_setting = {s: [r for r in runs if r.setting == s] for s in grid.SETTINGS}
+    by_setting = {s: [r for r in runs if r.setting == s] for s in SETTINGS}
     counts = config["datasets"]["embedded"]["label_counts"]
     assert len(counts) >= 3 and len(config["seeds"]) >= 2  # the issue's minimum
     # label_fraction: counts x {supervised, cct} x split draws x seeds
@@ -51,7 +55,7 @@ def test_default_config_grid(default_config):
     assert {r.method for r in by_setting["label_fraction"]} == {"supervised", "cct"}
     # the full ablation: supervised, seven perturbations, all, at one label count
     ablation = by_setting["perturbation_ablation"]
-    assert {r.method for r in ablation} == {"supervised", *grid.PERTURBATIONS, "all"}
+    assert {r.method for r in ablation} == {"supervised", *PERTURBATIONS, "all"}
     assert {r.labels for r in ablation} == {config["settings"]["perturbation_ablation"]["label_count"]}
     assert len(ablation) == 9 * len(config["seeds"])
     assert len(runs) == len(set(runs))
@@ -142,7 +146,7 @@ def test_setting_level_selectors():
     runs = grid.expand_runs(config)
     assert {r.setting for r in runs} == {"label_fraction"}
     assert {(r.dataset, r.labels, r.seed) for r in runs} == {("embedded", 10, 5), ("embedded", 20, 5)}
-    assert grid.enabled_settings(config) == ["label_fraction"]
+    assert configs.enabled_settings(config) == ["label_fraction"]
 
 
 def test_run_paths_round_trip():
@@ -156,26 +160,27 @@ def test_run_paths_round_trip():
 
 
 def test_method_overrides():
-    aux = dict(grid.PAPER_AUX)
-    assert grid.method_overrides("supervised", aux) == {"train": {"mode": "supervised"}}
+    aux = dict(configs.PAPER_AUX)
+    assert configs.method_overrides("supervised", aux) == {"train": {"mode": "supervised"}}
     for method in ("cct", "all"):
-        assert grid.method_overrides(method, aux) == {
+        assert configs.method_overrides(method, aux) == {
             "train": {"mode": "semi"},
             "model": {"aux": {"vat": 2, "dropout": 6, "cutout": 6, "context_masking": 2, "object_masking": 2,
                               "feature_drop": 6, "feature_noise": 6}},
         }
-    for method in grid.PERTURBATIONS:
-        counts = grid.method_overrides(method, aux)["model"]["aux"]
-        assert counts[method] == grid.PAPER_AUX[method]
-        assert sum(counts.values()) == grid.PAPER_AUX[method]
+    for method in PERTURBATIONS:
+        counts = configs.method_overrides(method, aux)["model"]["aux"]
+        assert counts[method] == configs.PAPER_AUX[method]
+        assert sum(counts.values()) == configs.PAPER_AUX[method]
     with pytest.raises(GridError, match="feature_noise"):
-        grid.method_overrides("feature_noise", {**aux, "feature_noise": 0})
+        configs.method_overrides("feature_noise", {**aux, "feature_noise": 0})
 
 
 def test_run_config_merge_order():
     config = minimal()
     config["cct"] = {"train": {"iterations": 100, "eval_interval": 50}, "model": {"aux": {"dropout": 3}}}
-    config["datasets"]["embedded"]["cct"] = {"data": {"dataset": "embedded", "domain": "b"}, "train": {"iterations": 200}}
+    config["datasets"]["embedded"]["cct"] = {"data": {"dataset": "embedded", "domain": "b"},
+                                             "train": {"iterations": 200}}
     config["settings"]["perturbation_ablation"]["cct"] = {"train": {"iterations": 300}}
     run = Run("embedded", "perturbation_ablation", "dropout", 20, 1, 4)
     tree = grid.run_config(config, run, "L.txt", "U.txt")
@@ -183,7 +188,7 @@ def test_run_config_merge_order():
     assert tree["data"] == {"dataset": "embedded", "domain": "b", "n_labeled": 20, "split_seed": 1,
                             "labeled_list": "L.txt", "unlabeled_list": "U.txt"}
     # the base config's aux count is the one the ablation keeps
-    assert tree["model"]["aux"] == {p: (3 if p == "dropout" else 0) for p in grid.PERTURBATIONS}
+    assert tree["model"]["aux"] == {p: (3 if p == "dropout" else 0) for p in PERTURBATIONS}
     lf = grid.run_config(config, Run("embedded", "label_fraction", "cct", 10, 0, 0))
     assert lf["train"]["iterations"] == 200
     assert lf["model"]["aux"]["dropout"] == 3 and lf["model"]["aux"]["vat"] == 2
@@ -195,7 +200,7 @@ def test_split_config_keeps_only_what_defines_the_images():
     config = minimal()
     config["cct"] = {"data": {"crop_size": 32, "num_workers": 2, "root": "/data"}}
     config["datasets"]["embedded"]["cct"] = {"data": {"dataset": "embedded", "domain": "b", "flip": False}}
-    assert grid.split_config(config, "embedded") == {"data": {"root": "/data", "dataset": "embedded", "domain": "b"}}
+    assert configs.split_config(config, "embedded") == {"data": {"root": "/data", "dataset": "embedded", "domain": "b"}}
 
 
 @pytest.mark.parametrize("where", ["cct", "datasets.embedded.cct", "settings.label_fraction.cct"])
@@ -230,7 +235,8 @@ def test_user_splits(tmp_path):
     labeled.write_text("a\nb\n")
     unlabeled.write_text("c\n")
     config = minimal()
-    config["datasets"]["embedded"]["user_splits"] = [{"labels": 2, "labeled": str(labeled), "unlabeled": str(unlabeled)}]
+    config["datasets"]["embedded"]["user_splits"] = [
+        {"labels": 2, "labeled": str(labeled), "unlabeled": str(unlabeled)}]
     config = validated(config)
     grid.check_config(config)
     assert grid.user_split(config, "embedded", 2, 0)["labeled"] == str(labeled)

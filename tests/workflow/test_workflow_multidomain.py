@@ -5,7 +5,6 @@ per-domain columns of runs.csv and the paper-layout table and figure on hand-mad
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -14,10 +13,12 @@ import pandas as pd
 import pytest
 import yaml
 from snakemake.utils import validate
-from workflow_helpers import ROOT, snakemake, write_config
+from workflow_helpers import ROOT, load_test_config, snakemake, write_config
 
-from analysis import collect, grid, multidomain, plots, tables
-from analysis.grid import GridError, Run
+from analysis import collect, multidomain, plots, tables
+from planner import grid, multi_domain
+from planner.configs import GridError
+from planner.layout import Layout, Run
 
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 MD = "multi_domain"
@@ -51,7 +52,8 @@ def test_runs_per_pairing_label_count_and_seed_alone_runs_alias_the_curve():
     # label_counts null: the smallest count both members list (50); 2 seeds x (2 x 2 alone + 2 joint)
     assert {r.labels for r in runs} == {50} and len(runs) == 2 * (2 * 2 + 2)
     assert {(r.dataset, r.method) for r in runs} == {
-        ("a", "supervised"), ("a", "cct"), ("b", "supervised"), ("b", "cct"), ("ab", "joint_supervised"), ("ab", "joint_cct")}
+        ("a", "supervised"), ("a", "cct"), ("b", "supervised"), ("b", "cct"),
+        ("ab", "joint_supervised"), ("ab", "joint_cct")}
     canonical = grid.canonical_runs(config)
     for seed in (0, 1):
         for method in ("supervised", "cct"):
@@ -74,10 +76,12 @@ def test_joint_run_config_follows_the_package_contract():
     joint = grid.workflow_run_config(config, Run("ab", MD, "joint_cct", 50, 0, 1))
     assert joint["data"] == {
         "dataset": "embedded", "domain": "a", "name": "a", "n_labeled": 50, "split_seed": 0,
-        "labeled_list": "results/splits/a/50/split0/labeled.txt", "unlabeled_list": "results/splits/a/50/split0/unlabeled.txt"}
+        "labeled_list": "results/splits/a/50/split0/labeled.txt",
+        "unlabeled_list": "results/splits/a/50/split0/unlabeled.txt"}
     assert joint["extra_domains"] == [{
         "dataset": "embedded", "domain": "b", "crop_size": 32, "name": "b", "n_labeled": 50, "split_seed": 0,
-        "labeled_list": "results/splits/b/50/split0/labeled.txt", "unlabeled_list": "results/splits/b/50/split0/unlabeled.txt"}]
+        "labeled_list": "results/splits/b/50/split0/labeled.txt",
+        "unlabeled_list": "results/splits/b/50/split0/unlabeled.txt"}]
     # model/loss/optim/train: the first member's and the setting's, plus the method and seed, like CCT alone
     alone = grid.workflow_run_config(config, Run("a", MD, "cct", 50, 0, 1))
     assert {k: v for k, v in joint.items() if k not in ("data", "extra_domains")} == {
@@ -92,7 +96,7 @@ def test_joint_run_config_follows_the_package_contract():
     assert "name" not in alone["data"] and "extra_domains" not in alone
     # the run's split lists: every member's
     assert grid.run_split_lists(config, Run("ab", MD, "joint_cct", 50, 0, 1)) == {
-        d: grid.split_lists(config, d, 50, 0) for d in ("a", "b")}
+        d: Layout.of(config).split_lists(d, 50, 0) for d in ("a", "b")}
 
 
 def test_setting_keys_apply_to_every_member_and_end_the_sharing():
@@ -115,7 +119,7 @@ def test_a_dropped_pairing_and_several_pairings():
     config["settings"][MD]["pairings"] = {"ab": None, "ac": ["a", "c"], "abc": ["a", "b", "c"]}
     validate(config, SCHEMA)
     runs = [r for r in grid.check_config(config) if r.setting == MD]
-    assert {r.dataset for r in runs if grid.is_joint(r)} == {"ac", "abc"}
+    assert {r.dataset for r in runs if multi_domain.is_joint(r)} == {"ac", "abc"}
     tree = grid.workflow_run_config(config, Run("abc", MD, "joint_cct", 50, 0, 0))
     assert [d["name"] for d in tree["extra_domains"]] == ["b", "c"]
 
@@ -264,7 +268,8 @@ def test_table_in_the_papers_layout(md_files):
     assert (row.loc["joint_cct", "miou_mean@a"], row.loc["joint_cct", "miou_mean@b"]) == (49, 38)
     assert row.loc["joint_cct", "miou_mean"] == pytest.approx(43.5)
     # paired gain over CCT alone: a 2, 1, 3 (2 ± 1); b 3, 1, 2 (2 ± 1); mean 2.5, 1, 2.5 (2 ± sqrt(0.75))
-    assert (row.loc["joint_cct", "gain_mean@a"], row.loc["joint_cct", "gain_std@a"], row.loc["joint_cct", "gain_n@a"]) == (2, 1, 3)
+    joint = row.loc["joint_cct"]
+    assert (joint["gain_mean@a"], joint["gain_std@a"], joint["gain_n@a"]) == (2, 1, 3)
     assert (row.loc["joint_cct", "gain_mean@b"], row.loc["joint_cct", "gain_std@b"]) == (2, 1)
     assert row.loc["joint_cct", "gain_mean"] == pytest.approx(2.0)
     assert row.loc["joint_cct", "gain_std"] == pytest.approx(math.sqrt(0.75))
@@ -304,7 +309,8 @@ def test_table_and_figure_commands(md_files, tmp_path):
     runs.to_csv(runs_csv, index=False)
     out = {ext: tmp_path / "tables" / f"multi_domain.{ext}" for ext in ("csv", "md", "tex")}
     assert tables.main(["--runs", str(runs_csv), "--paper", str(ROOT / "data" / "paper_numbers.csv"), "--setting", MD,
-                        "--pairing", "ab=a,b", "--csv", str(out["csv"]), "--md", str(out["md"]), "--tex", str(out["tex"])]) == 0
+                        "--pairing", "ab=a,b", "--csv", str(out["csv"]), "--md", str(out["md"]),
+                        "--tex", str(out["tex"])]) == 0
     table = pd.read_csv(out["csv"])
     assert len(table) == 4 and {"miou_mean@a", "miou_mean@b", "miou_mean", "gain_mean@a"} <= set(table.columns)
     figure = [tmp_path / "plots" / "multi_domain.png", tmp_path / "plots" / "multi_domain.pdf"]
@@ -318,21 +324,7 @@ def test_table_and_figure_commands(md_files, tmp_path):
 # --------------------------------------------------------------------------------------------------
 # End to end
 
-TINY = {
-    "cct": {"model": {"encoder": "small", "width": 8},
-            "train": {"iterations": 4, "eval_interval": 2, "checkpoint_interval": 2, "progress": False}},
-    "datasets": {
-        "tiny_a": {"cct": {"data": {"dataset": "embedded", "domain": "a"}}, "label_counts": [10]},
-        "tiny_b": {"cct": {"data": {"dataset": "embedded", "domain": "b"}}, "label_counts": [10]},
-    },
-    "seeds": [0],
-    "settings": {
-        "label_fraction": {"methods": ["supervised", "cct"], "datasets": ["tiny_a"]},
-        "perturbation_ablation": {"enabled": False},
-        "weak_labels": {"enabled": False},
-        "multi_domain": {"enabled": True, "pairings": {"tiny_ab": ["tiny_a", "tiny_b"]}},
-    },
-}
+TINY = load_test_config("multidomain")  # .test/config/multidomain.yaml
 
 
 def _package_has_multiple_domains() -> bool:
@@ -346,9 +338,7 @@ def _package_has_multiple_domains() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _package_has_multiple_domains(), reason="the cct package has no extra_domains yet")
 def test_tiny_joint_grid_end_to_end(tmp_path):
-    config = copy.deepcopy(TINY)
-    config["resources"] = {"train": {"threads": 1, "mem_mb": 3000, "runtime": 30, "gpu": 0}}
-    write_config(tmp_path, config)
+    write_config(tmp_path, TINY)
     proc = snakemake(tmp_path, "--cores", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = tmp_path / "results"
@@ -358,10 +348,12 @@ def test_tiny_joint_grid_end_to_end(tmp_path):
     assert overrides["extra_domains"][0]["labeled_list"] == "results/splits/tiny_b/10/split0/labeled.txt"
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["domains"]) == {"tiny_a", "tiny_b"}
-    assert metrics["miou"] == pytest.approx((metrics["domains"]["tiny_a"]["miou"] + metrics["domains"]["tiny_b"]["miou"]) / 2)
+    domains = metrics["domains"]
+    assert metrics["miou"] == pytest.approx((domains["tiny_a"]["miou"] + domains["tiny_b"]["miou"]) / 2)
     # domain a alone is the curve's run (alias); domain b alone and the joint runs are trained
     assert (results / "runs" / "tiny_a" / "multi_domain" / "cct" / "10" / "split0" / "seed0" / "alias.log").is_file()
-    assert (results / "runs" / "tiny_b" / "multi_domain" / "cct" / "10" / "split0" / "seed0" / "checkpoint.pt").is_file()
+    assert (results / "runs" / "tiny_b" / "multi_domain" / "cct" / "10" / "split0" / "seed0"
+            / "checkpoint.pt").is_file()
     table = pd.read_csv(results / "tables" / "multi_domain.csv")
     assert table["method"].tolist() == ["supervised", "cct", "joint_supervised", "joint_cct"]
     for column in ("miou_mean@tiny_a", "miou_mean@tiny_b", "miou_mean"):

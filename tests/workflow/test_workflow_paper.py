@@ -18,7 +18,7 @@ import yaml
 from snakemake.utils import validate
 from workflow_helpers import ROOT, snakemake, write_config
 
-from analysis import grid
+from planner import configs, grid, multi_domain, weak_labels
 
 PAPER = ROOT / "config" / "paper"
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
@@ -37,9 +37,9 @@ def load(name: str) -> dict:
     return yaml.safe_load((PAPER / name).read_text())
 
 
-def merged(*configs: dict) -> dict:
+def merged(*extra: dict) -> dict:
     """config/config.yaml extended by the given configs, as `--configfile` / `--config` do, validated."""
-    config = grid.deep_merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), *configs)
+    config = configs.deep_merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), *extra)
     validate(config, SCHEMA)
     return config
 
@@ -85,7 +85,7 @@ def test_voc_run_configs_are_the_papers_and_read_the_given_root(voc_root):
     run = next(r for r in runs if r.method == "cct" and r.labels == 1464)
     cfg = from_dict(grid.workflow_run_config(config, run))
     assert cfg.data.dataset == "voc" and cfg.data.root == str(voc_root)
-    assert grid.split_config(config, "voc")["data"] == {"dataset": "voc", "root": str(voc_root)}
+    assert configs.split_config(config, "voc")["data"] == {"dataset": "voc", "root": str(voc_root)}
     assert (cfg.model.encoder, cfg.model.pretrained, cfg.model.output_stride, cfg.model.psp, cfg.model.decoder) == (
         "resnet50", True, 8, True, "pixelshuffle")
     assert (cfg.data.crop_size, cfg.data.base_size, cfg.data.scale_range) == (320, 400, (0.5, 2.0))
@@ -98,7 +98,8 @@ def test_voc_run_configs_are_the_papers_and_read_the_given_root(voc_root):
     assert cfg.train.iterations == 50 * 912 and cfg.train.eval_interval == 5 * 912
     assert config["resources"]["train"]["gpu"] == 1
     # an explicit datasets.voc.cct.data.root wins over data_root
-    explicit = merged(load("voc.yaml"), {"data_root": "/elsewhere", "datasets": {"voc": {"cct": {"data": {"root": "/mine"}}}}})
+    explicit = merged(load("voc.yaml"), {"data_root": "/elsewhere",
+                                         "datasets": {"voc": {"cct": {"data": {"root": "/mine"}}}}})
     assert grid.workflow_run_config(explicit, run)["data"]["root"] == "/mine"
 
 
@@ -151,17 +152,18 @@ def test_weak_protocol_is_the_official_cam_pipeline(voc_root):
     cfg = from_dict(grid.workflow_run_config(config, weak))
     assert cfg.weak.loss_w == 0.4 and cfg.weak.pseudo_labels == "results/paper/voc/weak/voc/seed0/pseudo_labels"
     assert cfg.model.encoder == "resnet50" and cfg.train.iterations == 45600  # the VOC protocol otherwise
-    cam = from_dict(grid.cam_config(config, "voc", 0), kind=CamRunConfig)
+    cam = from_dict(weak_labels.cam_config(config, "voc", 0), kind=CamRunConfig)
     assert cam.data.dataset == "voc" and cam.data.root == str(voc_root)
     assert (cam.model.encoder, cam.model.pretrained, cam.model.output_stride) == ("resnet50", True, 16)
-    assert (cam.train.batch_size, cam.train.crop_size, cam.train.lr, cam.train.classifier_lr_factor) == (16, 512, 0.1, 10.0)
+    assert (cam.train.batch_size, cam.train.crop_size, cam.train.lr, cam.train.classifier_lr_factor) == (
+        16, 512, 0.1, 10.0)
     assert cam.train.iterations == 5 * 662 and cam.train.momentum == 0.0
     assert cam.infer.scales == [1.0, 0.5, 1.5, 2.0] and cam.infer.flip
     assert (cam.pseudo.fg_threshold, cam.pseudo.bg_threshold) == (0.30, 0.05)
     # the paper column: 69.4 beside CCT and 73.2 beside CCT + image-level labels
     paper = pd.read_csv(ROOT / "data" / "paper_numbers.csv")
     rows = paper[(paper["setting"] == "weak_labels") & (paper["kind"] == "paper")]
-    assert dict(zip(rows["method"], rows["miou"])) == {"cct": 69.4, "cct_weak": 73.2}
+    assert dict(zip(rows["method"], rows["miou"], strict=True)) == {"cct": 69.4, "cct_weak": 73.2}
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +200,8 @@ def test_multidomain_run_configs_follow_the_voc_protocol_and_read_each_root(mult
     _, roots = multidomain_roots
     config = merged(load("multidomain.yaml"), roots)
     runs = grid.check_config(config, from_dict)
-    assert grid.pairings(config) == {"cs_camvid": ["cityscapes", "camvid"], "cs_sunrgbd": ["cityscapes", "sunrgbd"]}
+    assert multi_domain.pairings(config) == {"cs_camvid": ["cityscapes", "camvid"],
+                                             "cs_sunrgbd": ["cityscapes", "sunrgbd"]}
     assert {r.setting for r in runs} == {"multi_domain"} and sorted({r.labels for r in runs}) == [50, 100]
     joint = next(r for r in runs if r.dataset == "cs_sunrgbd" and r.method == "joint_cct" and r.labels == 50)
     cfg = from_dict(grid.workflow_run_config(config, joint))
@@ -227,7 +230,8 @@ def test_multidomain_without_a_root_stops_naming_the_dataset(workdir, multidomai
     proc = snakemake(workdir, "-n", "--configfile", str(PAPER / "multidomain.yaml"), str(roots_file),
                      timeout=DRY_RUN_LIMIT_S)
     assert proc.returncode != 0
-    assert "data.root is not set for the 'camvid' dataset: set datasets.camvid.cct.data.root" in proc.stdout + proc.stderr
+    message = "data.root is not set for the 'camvid' dataset: set datasets.camvid.cct.data.root"
+    assert message in proc.stdout + proc.stderr
 
 
 def test_data_root_leaves_the_embedded_dataset_alone():
@@ -277,7 +281,7 @@ def test_voc_paper_grid_end_to_end_fills_the_paper_column(workdir, tmp_path):
     runs = pd.read_csv(results / "tables" / "runs.csv")
     assert len(runs) == 4 and set(runs["labels"]) == set(E2E_COUNTS) and (runs["encoder"] == "resnet50").all()
     table = pd.read_csv(results / "tables" / "label_fraction.csv")
-    assert list(zip(table["labels"], table["method"])) == [(20, "supervised"), (20, "cct"),
+    assert list(zip(table["labels"], table["method"], strict=True)) == [(20, "supervised"), (20, "cct"),
                                                           (1464, "supervised"), (1464, "cct")]
     paper = table.set_index(["labels", "method"])["paper_miou"]
     assert paper[(1464, "cct")] == pytest.approx(69.4)

@@ -4,17 +4,17 @@ training -> tables and figure)."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pandas as pd
 import pytest
 import yaml
 from snakemake.utils import validate
-from workflow_helpers import ROOT, snakemake, write_config
+from workflow_helpers import ROOT, load_test_config, snakemake, write_config
 
-from analysis import grid
-from analysis.grid import GridError, Run
+from planner import grid, weak_labels
+from planner.configs import GridError
+from planner.layout import Run
 
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -39,7 +39,7 @@ def test_weak_setting_defaults_to_the_smallest_label_count_and_aliases_the_curve
     assert canonical[Run("emb", "weak_labels", "cct", 20, 0, 1)] == Run("emb", "label_fraction", "cct", 20, 0, 1)
     assert canonical[Run("emb", "weak_labels", "supervised", 20, 0, 0)].setting == "label_fraction"
     assert canonical[Run("emb", "weak_labels", "cct_weak", 20, 0, 0)].setting == "weak_labels"
-    assert grid.weak_pipelines(runs) == [("emb", 0), ("emb", 1)]
+    assert weak_labels.pipelines(runs) == [("emb", 0), ("emb", 1)]
 
 
 def test_cct_weak_reads_its_seeds_pseudo_labels_and_is_cct_otherwise():
@@ -48,21 +48,23 @@ def test_cct_weak_reads_its_seeds_pseudo_labels_and_is_cct_otherwise():
     cct = grid.workflow_run_config(config, Run("emb", "weak_labels", "cct", 20, 0, 1))
     assert weak["weak"] == {"pseudo_labels": "results/weak/emb/seed1/pseudo_labels"}
     assert {k: v for k, v in weak.items() if k != "weak"} == cct
-    cam = grid.cam_config(config, "emb", 1)
+    cam = weak_labels.cam_config(config, "emb", 1)
     assert cam == {"data": {"dataset": "embedded"}, "train": {"seed": 1}}
 
 
 def test_cam_overrides_merge_setting_then_dataset():
     config = weak_config(cam={"train": {"iterations": 7, "lr": 0.2}, "pseudo": {"fg_threshold": 0.4}})
     config["datasets"]["emb"]["cam"] = {"train": {"lr": 0.3}}
-    cam = grid.cam_config(config, "emb", 0)
+    cam = weak_labels.cam_config(config, "emb", 0)
     assert cam["train"] == {"iterations": 7, "lr": 0.3, "seed": 0} and cam["pseudo"] == {"fg_threshold": 0.4}
 
 
 def test_cam_keys_are_checked_before_any_job():
     from cct.config import CamRunConfig, from_dict
 
-    validate_cam = lambda tree: from_dict(tree, kind=CamRunConfig)
+    def validate_cam(tree):
+        return from_dict(tree, kind=CamRunConfig)
+
     config = weak_config(cam={"pseudo": {"fg_threshold": 0.01}})
     with pytest.raises(GridError, match="CAM config of emb .*pseudo: need 0 <= bg_threshold < fg_threshold"):
         grid.check_config(config, validate_cam=validate_cam)
@@ -74,19 +76,7 @@ def test_cam_keys_are_checked_before_any_job():
         grid.check_config(config)
 
 
-TINY = {
-    "cct": {"model": {"encoder": "small", "width": 8},
-            "train": {"iterations": 4, "eval_interval": 2, "checkpoint_interval": 2, "progress": False}},
-    "datasets": {"tiny": {"cct": {"data": {"dataset": "embedded", "domain": "a"}}, "label_counts": [10]}},
-    "seeds": [0],
-    "settings": {
-        "label_fraction": {"methods": ["supervised", "cct"]},
-        "perturbation_ablation": {"enabled": False},
-        "weak_labels": {"enabled": True,
-                        "cam": {"model": {"width": 8}, "train": {"iterations": 10, "batch_size": 4},
-                                "infer": {"scales": [1.0]}}},
-    },
-}
+TINY = load_test_config("weak")  # .test/config/weak.yaml
 
 
 @pytest.mark.slow

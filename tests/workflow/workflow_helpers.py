@@ -1,5 +1,6 @@
-"""Helpers of the workflow tests: the repository root on sys.path (for ``analysis``), and a runner
-for ``snakemake`` on the root Snakefile from a temporary working directory."""
+"""Helpers of the workflow tests: the tiny configs of ``.test/config/`` and a runner for ``snakemake``
+on the root Snakefile from a temporary working directory. (The repository root and ``workflow/``,
+for ``analysis`` and the planner, are on the path through pyproject.toml's pytest ``pythonpath``.)"""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+TEST_CONFIGS = ROOT / ".test" / "config"
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def load_test_config(name: str) -> dict:
+    """``.test/config/<name>.yaml``: a whole workflow config (the tiny grids the tests run)."""
+    return yaml.safe_load((TEST_CONFIGS / f"{name}.yaml").read_text())
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

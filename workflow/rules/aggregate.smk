@@ -9,21 +9,20 @@ rule collect:
         metrics=run_files("metrics.json"),
     output:
         runs=report(
-            f"{R}/tables/runs.csv",
+            L.table("runs"),
             caption="../report/runs.rst",
             category="Tables",
             subcategory="All runs",
             labels={"table": "runs (one row per run)"},
         ),
-        history=f"{R}/tables/history.csv",
+        history=L.table("history"),
     log:
-        f"{R}/logs/collect.log",
-    threads: res("analysis", "threads")
-    resources:
-        mem_mb=res("analysis", "mem_mb"),
-        runtime=res("analysis", "runtime"),
+        L.log("collect"),
     conda:
         ENV
+    threads: threads_of("analysis")
+    resources:
+        **resources_of("analysis"),
     shell:
         "python -m analysis.collect --out {output.runs:q} --history {output.history:q} {input.metrics:q} > {log:q} 2>&1"
 
@@ -34,24 +33,23 @@ rule table:
         paper=PAPER_NUMBERS,
     output:
         csv=report(
-            f"{R}/tables/{{setting}}.csv",
+            L.table("{setting}", "csv"),
             caption="../report/table.rst",
             category="Tables",
             subcategory="{setting}",
             labels={"table": "{setting}"},
         ),
-        md=f"{R}/tables/{{setting}}.md",
-        tex=f"{R}/tables/{{setting}}.tex",
-    params:
-        pairings=pairing_args,
+        md=L.table("{setting}", "md"),
+        tex=L.table("{setting}", "tex"),
     log:
-        f"{R}/logs/table/{{setting}}.log",
-    threads: res("analysis", "threads")
-    resources:
-        mem_mb=res("analysis", "mem_mb"),
-        runtime=res("analysis", "runtime"),
+        L.log("table", "{setting}"),
     conda:
         ENV
+    threads: threads_of("analysis")
+    resources:
+        **resources_of("analysis"),
+    params:
+        pairings=pairing_args,
     shell:
         "python -m analysis.tables --runs {input.runs:q} --paper {input.paper:q} --setting {wildcards.setting}"
         " --csv {output.csv:q} --md {output.md:q} --tex {output.tex:q} {params.pairings} > {log:q} 2>&1"
@@ -62,23 +60,22 @@ rule runtime:
         benchmarks=train_benchmarks(),
     output:
         csv=report(
-            f"{R}/tables/runtime.csv",
+            L.table("runtime", "csv"),
             caption="../report/runtime.rst",
             category="Tables",
             subcategory="Runtime",
             labels={"table": "runtime"},
         ),
-        md=f"{R}/tables/runtime.md",
-    params:
-        threads=res("train", "threads"),
+        md=L.table("runtime", "md"),
     log:
-        f"{R}/logs/runtime.log",
-    threads: res("analysis", "threads")
-    resources:
-        mem_mb=res("analysis", "mem_mb"),
-        runtime=res("analysis", "runtime"),
+        L.log("runtime"),
     conda:
         ENV
+    threads: threads_of("analysis")
+    resources:
+        **resources_of("analysis"),
+    params:
+        threads=threads_of("train"),
     shell:
         "python -m analysis.runtime --threads {params.threads} --csv {output.csv:q} --md {output.md:q}"
         " {input.benchmarks:q} > {log:q} 2>&1"

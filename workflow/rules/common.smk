@@ -1,5 +1,6 @@
-# Helpers shared by all rule files (paths, the expanded grid, input functions, final targets).
-# The grid logic itself is plain Python in analysis/grid.py (tested in tests/workflow/).
+# Helpers of every rule file (the grid of this config, the results layout, job resources, input
+# functions and the final targets). The planning itself is plain Python in workflow/planner/ (tested in
+# tests/workflow/); every path below comes from its layout (planner/layout.py).
 
 import os
 import re
@@ -10,34 +11,50 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-ROOT = str(workflow.basedir)  # the folder holding the Snakefile, analysis/ and data/
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+ROOT = str(workflow.basedir)  # the folder holding the Snakefile, analysis/, data/ and workflow/
+PLANNER_PARENT = os.path.join(ROOT, "workflow")  # holds the planner package
+for _path in (PLANNER_PARENT, ROOT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
 
 # Jobs run `cct ...` and `python -m analysis.<module>`. Without --sdm conda/apptainer they use the
 # Python environment that runs Snakemake, even when it is not activated (`.venv/bin/snakemake`);
-# analysis/ is importable from any working directory. (The prefix runs after a conda activation.)
-_deployed = set(workflow.deployment_settings.deployment_method) & {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER}
-_escape = lambda text: shlex.quote(text).replace("{", "{{").replace("}", "}}")
+# analysis/ and the planner are importable from any working directory. (The prefix runs after a
+# conda activation.)
+def _escape(text):
+    return shlex.quote(text).replace("{", "{{").replace("}", "}}")
+
+
+_deployed = set(workflow.deployment_settings.deployment_method) & {
+    DeploymentMethod.CONDA,
+    DeploymentMethod.APPTAINER,
+}
 shell.prefix(
     "set -euo pipefail; "
     + ("" if _deployed else f'export PATH={_escape(os.path.dirname(sys.executable))}:"$PATH"; ')
-    + f"export PYTHONPATH={_escape(ROOT)}"
+    + f"export PYTHONPATH={_escape(ROOT)}:{_escape(PLANNER_PARENT)}"
     + "${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 
-from analysis import grid
+from planner import configs, grid, multi_domain, weak_labels
+from planner.configs import enabled_settings
+from planner.layout import RUN, Layout, Run, split_key, weak_key
+from planner.vocabulary import METHOD_ORDER, SETTINGS
 
 try:  # check every cct key before any job starts (skipped where the package is not importable)
-    from cct.config import CamRunConfig, from_dict as _validate_cct
+    from cct.config import CamRunConfig
+    from cct.config import from_dict as _validate_cct
 
-    _validate_cam = lambda tree: _validate_cct(tree, kind=CamRunConfig)
+    def _validate_cam(tree):
+        return _validate_cct(tree, kind=CamRunConfig)
+
 except ImportError:
     _validate_cct = _validate_cam = None
 
 try:
     RUNS = grid.check_config(config, _validate_cct, _validate_cam)
-except grid.GridError as exc:
+except configs.GridError as exc:
     raise WorkflowError(f"Invalid config: {exc}")
 
 # A run whose cct config equals an earlier run's (the ablation's supervised/all at a label count of
@@ -46,52 +63,60 @@ CANONICAL = grid.canonical_runs(config, RUNS)  # run -> the run that trains its 
 TRAINED = [r for r in RUNS if CANONICAL[r] == r]
 ALIASES = {r: c for r, c in CANONICAL.items() if r != c}
 
-WEAK = grid.weak_pipelines(RUNS)  # (dataset, seed) of every weak-label pipeline
+WEAK = weak_labels.pipelines(RUNS)  # (dataset, seed) of every weak-label pipeline
 
-R = config["results"]
-RUN = grid.RUN_PATTERN  # {dataset}/{setting}/{method}/{labels}/split{split}/seed{seed}
-RUN_DIR = f"{R}/runs/{RUN}"
-SPLIT_DIR = f"{R}/splits/{grid.SPLIT_PATTERN}"  # {dataset}/{labels}/split{split}
-WEAK_DIR = f"{R}/weak/{grid.WEAK_PATTERN}"  # {dataset}/seed{seed}: cam/, cams/, pseudo_labels/
+L = Layout.of(config)  # every path of the results tree
 PAPER_NUMBERS = config["paper_numbers"] or os.path.join(ROOT, "data", "paper_numbers.csv")
 ENV = "../../environment.yml"
 
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
-    setting="|".join(grid.SETTINGS),
-    method="|".join(grid.METHOD_ORDER),
+    setting="|".join(SETTINGS),
+    method="|".join(METHOD_ORDER),
     labels=r"\d+",
     split=r"\d+",
     seed=r"\d+",
 
 
-def res(kind, key):
-    """A resource of config `resources.<kind>`."""
-    return config["resources"][kind][key]
+def threads_of(kind):
+    """Cores of a job of config `resources.<kind>` (train, splits, cam, analysis)."""
+    return config["resources"][kind]["threads"]
+
+
+def resources_of(kind):
+    """The other resources of a job of config `resources.<kind>`: mem_mb, runtime (minutes), gpu.
+    Rules take them as `resources: **resources_of(kind)` beside `threads: threads_of(kind)`."""
+    return {key: value for key, value in config["resources"][kind].items() if key != "threads"}
 
 
 def train_launcher():
     """`cct`, or with more than one GPU per training one process per GPU under torchrun
     (DistributedDataParallel, synchronised batch norm; cct/distributed.py)."""
-    gpus = res("train", "gpu")
+    gpus = config["resources"]["train"]["gpu"]
     if gpus <= 1:
         return "cct"
     return f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m cct"
 
 
-def runs_of(setting=None):
-    return [r for r in RUNS if setting is None or r.setting == setting]
+def threads_per_process(wildcards, threads):
+    """A training's threads, shared by its processes (one per GPU)."""
+    return max(1, threads // max(1, config["resources"]["train"]["gpu"]))
+
+
+def output_dir(name):
+    """A params function: the folder of output `name` (where a command writes it and its siblings)."""
+    return lambda wildcards, output: os.path.dirname(output[name])
 
 
 def run_files(name, setting=None):
     """`name` (e.g. metrics.json) in every run directory of the grid (or of one setting)."""
-    return [f"{R}/runs/{r.path}/{name}" for r in runs_of(setting)]
+    return [L.run_file(name, r) for r in RUNS if setting is None or r.setting == setting]
 
 
 def train_benchmarks():
     """Benchmarks of the training jobs: aliases are no training and have none."""
-    return [f"{R}/benchmarks/train/{r.path}.tsv" for r in TRAINED]
+    return [L.benchmark("train", r.path) for r in TRAINED]
 
 
 def alias_pattern():
@@ -101,8 +126,8 @@ def alias_pattern():
 
 def canonical_files(wildcards):
     """The canonical run's files that rule alias copies into the alias run's directory."""
-    canonical = CANONICAL[grid.Run.from_path(wildcards.alias)]
-    return {"metrics": f"{R}/runs/{canonical.path}/metrics.json", "config": f"{R}/runs/{canonical.path}/config.yaml"}
+    canonical = CANONICAL[Run.from_path(wildcards.alias)]
+    return {"metrics": L.run_file("metrics.json", canonical), "config": L.run_file("config.yaml", canonical)}
 
 
 def copy_alias(input, output, log):
@@ -115,12 +140,12 @@ def copy_alias(input, output, log):
 
 def run_cct_config(wildcards):
     """The cct config of the run named by the wildcards (written to its overrides.yaml)."""
-    return grid.workflow_run_config(config, grid.Run.from_wildcards(wildcards))
+    return grid.workflow_run_config(config, Run.from_wildcards(wildcards))
 
 
 def run_lists(wildcards):
     """The split lists a run trains on: its dataset's, or every member's (a joint run)."""
-    lists = grid.run_split_lists(config, grid.Run.from_wildcards(wildcards))
+    lists = grid.run_split_lists(config, Run.from_wildcards(wildcards))
     return [path for pair in lists.values() for path in (pair["labeled"], pair["unlabeled"])]
 
 
@@ -139,47 +164,49 @@ def split_source(wildcards, input):
 def pairing_args(wildcards):
     """`--pairing NAME=A,B ...` for the multi-domain table and figure (which datasets a pairing joins);
     nothing for the other settings."""
-    if wildcards.setting != "multi_domain":
+    if wildcards.setting != multi_domain.SETTING:
         return ""
-    pairs = [f"{name}={','.join(members)}" for name, members in grid.pairings(config).items()]
+    pairs = [f"{name}={','.join(members)}" for name, members in multi_domain.pairings(config).items()]
     return " ".join(f"--pairing {shlex.quote(pair)}" for pair in pairs)
 
 
 def weak_inputs(wildcards):
-    """The pseudo labels a run trains on (cct_weak runs), else nothing."""
-    if wildcards.method != "cct_weak":
+    """The pseudo labels a run trains on (a method that learns from them), else nothing."""
+    if not weak_labels.needs_pseudo_labels(wildcards.method):
         return []
-    return [grid.weak_paths(config, wildcards.dataset, wildcards.seed)["pseudo_labels"]]
+    return [weak_labels.pseudo_labels(config, wildcards.dataset, wildcards.seed)]
 
 
 def weak_summaries():
-    return [f"{R}/weak/{grid.WEAK_PATTERN.format(dataset=d, seed=s)}/pseudo_labels.json" for d, s in WEAK]
+    return [L.weak_paths(d, s)["summary"] for d, s in WEAK]
 
 
 def cam_metrics():
-    return [f"{R}/weak/{grid.WEAK_PATTERN.format(dataset=d, seed=s)}/cam/metrics.json" for d, s in WEAK]
+    return [f"{L.weak_paths(d, s)['cam']}/metrics.json" for d, s in WEAK]
 
 
 def weak_figure_inputs(wildcards):
-    """The first seed's weak pipeline of the dataset and the checkpoint of its first cct_weak run."""
-    run = min(r for r in TRAINED if r.dataset == wildcards.dataset and r.method == "cct_weak")
-    paths = grid.weak_paths(config, run.dataset, run.seed)
+    """The first seed's weak pipeline of the dataset and the checkpoint of its first run on pseudo labels."""
+    run = min(r for r in TRAINED if r.dataset == wildcards.dataset and weak_labels.needs_pseudo_labels(r.method))
+    paths = L.weak_paths(run.dataset, run.seed)
     return {
-        "cam_config": f"{paths['root']}/cam.yaml",
+        "cam_config": paths["config"],
         "cams": paths["cams"],
         "pseudo": paths["pseudo_labels"],
-        "checkpoint": f"{R}/runs/{run.path}/checkpoint.pt",
-        "unlabeled": grid.split_lists(config, run.dataset, run.labels, run.split)["unlabeled"],
+        "checkpoint": L.run_file("checkpoint.pt", run),
+        "unlabeled": L.split_lists(run.dataset, run.labels, run.split)["unlabeled"],
     }
 
 
 def final_outputs():
-    outputs = [f"{R}/tables/runs.csv", f"{R}/tables/runtime.csv", f"{R}/tables/runtime.md"]
-    for setting in grid.enabled_settings(config):
-        outputs += [f"{R}/tables/{setting}.{ext}" for ext in ("csv", "md", "tex")]
-        outputs += [f"{R}/plots/{setting}.{ext}" for ext in ("png", "pdf")]
-        outputs += [f"{R}/plots/{setting}_curves.{ext}" for ext in ("png", "pdf")]
+    outputs = [L.table("runs"), L.table("runtime", "csv"), L.table("runtime", "md")]
+    for setting in enabled_settings(config):
+        outputs += [L.table(setting, ext) for ext in ("csv", "md", "tex")]
+        outputs += [L.plot(setting, ext) for ext in ("png", "pdf")]
+        outputs += [L.plot(f"{setting}_curves", ext) for ext in ("png", "pdf")]
     if WEAK:
-        outputs += [f"{R}/tables/pseudo_labels.{ext}" for ext in ("csv", "md")]
-        outputs += [f"{R}/plots/weak_labels_examples_{d}.{ext}" for d in sorted({d for d, _ in WEAK}) for ext in ("png", "pdf")]
+        outputs += [L.table("pseudo_labels", ext) for ext in ("csv", "md")]
+        outputs += [
+            L.plot(f"weak_labels_examples_{d}", ext) for d in sorted({d for d, _ in WEAK}) for ext in ("png", "pdf")
+        ]
     return outputs

@@ -1,6 +1,6 @@
 # Figures for the report (`snakemake --report results/report.html`): per setting, the headline plot
-# (mIoU against labelled-image count, the per-method bars, or the multi-domain grouped bars) and the
-# training curves.
+# (its figure kind in planner/vocabulary.py: mIoU against labelled-image count, the per-method bars,
+# or the multi-domain grouped bars) and the training curves.
 
 
 rule plot:
@@ -8,23 +8,22 @@ rule plot:
         runs=rules.collect.output.runs,
     output:
         png=report(
-            f"{R}/plots/{{setting}}.png",
+            L.plot("{setting}", "png"),
             caption="../report/plot.rst",
             category="Figures",
             subcategory="{setting}",
             labels={"figure": "{setting}"},
         ),
-        pdf=f"{R}/plots/{{setting}}.pdf",
-    params:
-        pairings=pairing_args,
+        pdf=L.plot("{setting}", "pdf"),
     log:
-        f"{R}/logs/plot/{{setting}}.log",
-    threads: res("analysis", "threads")
-    resources:
-        mem_mb=res("analysis", "mem_mb"),
-        runtime=res("analysis", "runtime"),
+        L.log("plot", "{setting}"),
     conda:
         ENV
+    threads: threads_of("analysis")
+    resources:
+        **resources_of("analysis"),
+    params:
+        pairings=pairing_args,
     shell:
         "python -m analysis.plots {wildcards.setting} --runs {input.runs:q} --out {output.png:q} {output.pdf:q}"
         " {params.pairings} > {log:q} 2>&1"
@@ -35,21 +34,20 @@ rule plot_curves:
         history=rules.collect.output.history,
     output:
         png=report(
-            f"{R}/plots/{{setting}}_curves.png",
+            L.plot("{setting}_curves", "png"),
             caption="../report/curves.rst",
             category="Figures",
             subcategory="{setting}",
             labels={"figure": "{setting} training curves"},
         ),
-        pdf=f"{R}/plots/{{setting}}_curves.pdf",
+        pdf=L.plot("{setting}_curves", "pdf"),
     log:
-        f"{R}/logs/plot/{{setting}}_curves.log",
-    threads: res("analysis", "threads")
-    resources:
-        mem_mb=res("analysis", "mem_mb"),
-        runtime=res("analysis", "runtime"),
+        L.log("plot", "{setting}_curves"),
     conda:
         ENV
+    threads: threads_of("analysis")
+    resources:
+        **resources_of("analysis"),
     shell:
         "python -m analysis.plots curves --setting {wildcards.setting} --history {input.history:q}"
         " --out {output.png:q} {output.pdf:q} > {log:q} 2>&1"

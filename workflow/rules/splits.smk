@@ -3,19 +3,16 @@
 # set for a larger one); user lists (datasets.*.user_splits) are validated and copied instead.
 
 
-localrules:
-    split_config,
-
-
 rule split_config:
     """The dataset part of the cct config that `cct splits` reads (from params: a changed dataset
     key redraws the splits)."""
     output:
-        f"{R}/splits/{{dataset}}/dataset.yaml",
-    params:
-        cct=lambda wildcards: grid.split_config(config, wildcards.dataset),
+        L.split_config(),
     log:
-        f"{R}/logs/split_config/{{dataset}}.log",
+        L.log("split_config", "{dataset}"),
+    localrule: True
+    params:
+        cct=lambda wildcards: configs.split_config(config, wildcards.dataset),
     run:
         grid.dump_yaml(output[0], params.cct)
 
@@ -25,20 +22,18 @@ rule splits:
         config=rules.split_config.output[0],
         lists=user_lists,
     output:
-        labeled=f"{SPLIT_DIR}/labeled.txt",
-        unlabeled=f"{SPLIT_DIR}/unlabeled.txt",
-    params:
-        out=lambda wildcards, output: os.path.dirname(output.labeled),
-        source=split_source,
+        **L.split_lists(),
     log:
-        f"{R}/logs/splits/{{dataset}}/{{labels}}/split{{split}}.log",
+        L.log("splits", split_key()),
     benchmark:
-        f"{R}/benchmarks/splits/{{dataset}}/{{labels}}/split{{split}}.tsv"
-    threads: res("splits", "threads")
-    resources:
-        mem_mb=res("splits", "mem_mb"),
-        runtime=res("splits", "runtime"),
+        L.benchmark("splits", split_key())
     conda:
         ENV
+    threads: threads_of("splits")
+    resources:
+        **resources_of("splits"),
+    params:
+        out=output_dir("labeled"),
+        source=split_source,
     shell:
         "cct splits --config {input.config:q} {params.source} --out {params.out:q} > {log:q} 2>&1"

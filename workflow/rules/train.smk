@@ -15,11 +15,6 @@
 # no benchmark), so every config is trained once and the tables still get one row per run.
 
 
-localrules:
-    run_config,
-    alias,
-
-
 ruleorder: alias > train
 
 
@@ -27,11 +22,12 @@ rule run_config:
     """A run's cct config, written from params so that changing a hyperparameter reruns exactly the
     runs it affects (Snakemake's params trigger), then read by `cct train --config`."""
     output:
-        f"{RUN_DIR}/overrides.yaml",
+        L.run_file("overrides.yaml"),
+    log:
+        L.log("run_config", RUN),
+    localrule: True
     params:
         cct=run_cct_config,
-    log:
-        f"{R}/logs/run_config/{RUN}.log",
     run:
         grid.dump_yaml(output[0], params.cct)
 
@@ -42,26 +38,24 @@ rule train:
         lists=run_lists,
         weak=weak_inputs,
     output:
-        metrics=f"{RUN_DIR}/metrics.json",
-        config=f"{RUN_DIR}/config.yaml",
-        checkpoint=f"{RUN_DIR}/checkpoint.pt",
-        tb=directory(f"{RUN_DIR}/tb"),
-    params:
-        out=lambda wildcards, output: os.path.dirname(output.metrics),
-        resume=f"{R}/resume/{RUN}",
-        launch=train_launcher(),
-        threads_per_process=lambda wildcards, threads: max(1, threads // max(1, res("train", "gpu"))),
+        metrics=L.run_file("metrics.json"),
+        config=L.run_file("config.yaml"),
+        checkpoint=L.run_file("checkpoint.pt"),
+        tb=directory(L.run_file("tb")),
     log:
-        f"{RUN_DIR}/train.log",
+        L.run_file("train.log"),
     benchmark:
-        f"{R}/benchmarks/train/{RUN}.tsv"
-    threads: res("train", "threads")
-    resources:
-        mem_mb=res("train", "mem_mb"),
-        runtime=res("train", "runtime"),
-        gpu=res("train", "gpu"),
+        L.benchmark("train", RUN)
     conda:
         ENV
+    threads: threads_of("train")
+    resources:
+        **resources_of("train"),
+    params:
+        out=output_dir("metrics"),
+        resume=L.resume_dir(),
+        launch=train_launcher(),
+        threads_per_process=threads_per_process,
     shell:
         "{params.launch} train --config {input.config:q} --set train.threads={params.threads_per_process}"
         " --out {params.out:q}"
@@ -74,11 +68,12 @@ rule alias:
     input:
         unpack(canonical_files),
     output:
-        metrics=f"{R}/runs/{{alias}}/metrics.json",
-        config=f"{R}/runs/{{alias}}/config.yaml",
+        metrics=L.run_file("metrics.json", "{alias}"),
+        config=L.run_file("config.yaml", "{alias}"),
     log:
-        f"{R}/runs/{{alias}}/alias.log",
+        L.run_file("alias.log", "{alias}"),
     wildcard_constraints:
         alias=alias_pattern(),
+    localrule: True
     run:
         copy_alias(input, output, log[0])

@@ -7,19 +7,18 @@
 #   {results}/weak/{dataset}/seed{seed}/pseudo_labels/      <id>.png per training image
 #   {results}/weak/{dataset}/seed{seed}/pseudo_labels.json  their quality against the ground truth
 
-
-localrules:
-    cam_config,
+WEAK_PATHS = L.weak_paths()  # the folders above, with {dataset} and {seed} as wildcards
 
 
 rule cam_config:
     """The CAM config of a dataset and seed, written from params (a changed key retrains the CAM)."""
     output:
-        f"{WEAK_DIR}/cam.yaml",
-    params:
-        cam=lambda wildcards: grid.cam_config(config, wildcards.dataset, wildcards.seed),
+        WEAK_PATHS["config"],
     log:
-        f"{R}/logs/cam_config/{grid.WEAK_PATTERN}.log",
+        L.log("cam_config", weak_key()),
+    localrule: True
+    params:
+        cam=lambda wildcards: weak_labels.cam_config(config, wildcards.dataset, wildcards.seed),
     run:
         grid.dump_yaml(output[0], params.cam)
 
@@ -28,23 +27,21 @@ rule cam_train:
     input:
         config=rules.cam_config.output[0],
     output:
-        checkpoint=f"{WEAK_DIR}/cam/checkpoint.pt",
-        metrics=f"{WEAK_DIR}/cam/metrics.json",
-        config=f"{WEAK_DIR}/cam/config.yaml",
-    params:
-        out=lambda wildcards, output: os.path.dirname(output.checkpoint),
-        resume=f"{R}/resume/weak/{grid.WEAK_PATTERN}",
+        checkpoint=f"{WEAK_PATHS['cam']}/checkpoint.pt",
+        metrics=f"{WEAK_PATHS['cam']}/metrics.json",
+        config=f"{WEAK_PATHS['cam']}/config.yaml",
     log:
-        f"{WEAK_DIR}/cam/train.log",
+        f"{WEAK_PATHS['cam']}/train.log",
     benchmark:
-        f"{R}/benchmarks/cam_train/{grid.WEAK_PATTERN}.tsv"
-    threads: res("cam", "threads")
-    resources:
-        mem_mb=res("cam", "mem_mb"),
-        runtime=res("cam", "runtime"),
-        gpu=res("cam", "gpu"),
+        L.benchmark("cam_train", weak_key())
     conda:
         ENV
+    threads: threads_of("cam")
+    resources:
+        **resources_of("cam"),
+    params:
+        out=output_dir("checkpoint"),
+        resume=L.weak_resume_dir(),
     shell:
         "cct cam train --config {input.config:q} --set train.threads={threads} --out {params.out:q}"
         " --resume-dir {params.resume:q} > {log:q} 2>&1"
@@ -55,18 +52,16 @@ rule cam_infer:
     input:
         checkpoint=rules.cam_train.output.checkpoint,
     output:
-        directory(f"{WEAK_DIR}/cams"),
+        directory(WEAK_PATHS["cams"]),
     log:
-        f"{R}/logs/cam_infer/{grid.WEAK_PATTERN}.log",
+        L.log("cam_infer", weak_key()),
     benchmark:
-        f"{R}/benchmarks/cam_infer/{grid.WEAK_PATTERN}.tsv"
-    threads: res("cam", "threads")
-    resources:
-        mem_mb=res("cam", "mem_mb"),
-        runtime=res("cam", "runtime"),
-        gpu=res("cam", "gpu"),
+        L.benchmark("cam_infer", weak_key())
     conda:
         ENV
+    threads: threads_of("cam")
+    resources:
+        **resources_of("cam"),
     shell:
         "cct cam infer --checkpoint {input.checkpoint:q} --set train.threads={threads} --out {output:q} > {log:q} 2>&1"
 
@@ -76,16 +71,15 @@ rule pseudo_labels:
         cams=rules.cam_infer.output[0],
         checkpoint=rules.cam_train.output.checkpoint,
     output:
-        labels=directory(f"{WEAK_DIR}/pseudo_labels"),
-        summary=f"{WEAK_DIR}/pseudo_labels.json",
+        labels=directory(WEAK_PATHS["pseudo_labels"]),
+        summary=WEAK_PATHS["summary"],
     log:
-        f"{R}/logs/pseudo_labels/{grid.WEAK_PATTERN}.log",
-    threads: res("analysis", "threads")
-    resources:
-        mem_mb=res("analysis", "mem_mb"),
-        runtime=res("analysis", "runtime"),
+        L.log("pseudo_labels", weak_key()),
     conda:
         ENV
+    threads: threads_of("analysis")
+    resources:
+        **resources_of("analysis"),
     shell:
         "cct pseudo-labels --checkpoint {input.checkpoint:q} --cams {input.cams:q} --out {output.labels:q}"
         " --summary {output.summary:q} > {log:q} 2>&1"
@@ -99,21 +93,20 @@ rule pseudo_label_table:
         cams=cam_metrics(),
     output:
         csv=report(
-            f"{R}/tables/pseudo_labels.csv",
+            L.table("pseudo_labels", "csv"),
             caption="../report/pseudo_labels.rst",
             category="Tables",
             subcategory="weak_labels",
             labels={"table": "pseudo labels"},
         ),
-        md=f"{R}/tables/pseudo_labels.md",
+        md=L.table("pseudo_labels", "md"),
     log:
-        f"{R}/logs/pseudo_label_table.log",
-    threads: res("analysis", "threads")
-    resources:
-        mem_mb=res("analysis", "mem_mb"),
-        runtime=res("analysis", "runtime"),
+        L.log("pseudo_label_table"),
     conda:
         ENV
+    threads: threads_of("analysis")
+    resources:
+        **resources_of("analysis"),
     shell:
         "python -m analysis.weak table --summaries {input.summaries:q} --cams {input.cams:q}"
         " --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"
@@ -125,21 +118,20 @@ rule weak_figure:
         unpack(weak_figure_inputs),
     output:
         png=report(
-            f"{R}/plots/weak_labels_examples_{{dataset}}.png",
+            L.plot("weak_labels_examples_{dataset}", "png"),
             caption="../report/weak_figure.rst",
             category="Figures",
             subcategory="weak_labels",
             labels={"figure": "weak labels: examples ({dataset})"},
         ),
-        pdf=f"{R}/plots/weak_labels_examples_{{dataset}}.pdf",
+        pdf=L.plot("weak_labels_examples_{dataset}", "pdf"),
     log:
-        f"{R}/logs/weak_figure/{{dataset}}.log",
-    threads: res("analysis", "threads")
-    resources:
-        mem_mb=res("analysis", "mem_mb"),
-        runtime=res("analysis", "runtime"),
+        L.log("weak_figure", "{dataset}"),
     conda:
         ENV
+    threads: threads_of("analysis")
+    resources:
+        **resources_of("analysis"),
     shell:
         "python -m analysis.weak figure --cam-config {input.cam_config:q} --cams {input.cams:q}"
         " --pseudo {input.pseudo:q} --checkpoint {input.checkpoint:q} --ids {input.unlabeled:q}"

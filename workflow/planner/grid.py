@@ -1,0 +1,241 @@
+"""The experiment grid: which runs a workflow config asks for, and the cct config of each run.
+
+Pure functions of the schema-validated workflow config (a nested mapping, see config/README.md).
+``workflow/rules/common.smk`` calls them to expand the DAG; the tests call them to check the
+expansion.
+
+A run (:class:`planner.layout.Run`) is one point of datasets x settings x methods x label counts x
+split draws x training seeds. Its cct config is the deep merge, later winning, of
+
+1. ``cct`` (shared by every run),
+2. ``datasets.<dataset>.cct``,
+3. ``settings.<setting>.cct``,
+4. the method (``train.mode`` and the auxiliary decoder counts, :func:`cct.methods.overrides`),
+5. the grid point (labelled/unlabelled lists, label count, split seed, training seed; the pseudo
+   labels of a method that learns from them, :mod:`planner.weak_labels`).
+
+The keys of step 5 and ``train.mode`` belong to the grid: a config that sets them in 1-3 is refused.
+The multi-domain setting's joint runs train one model over several datasets (:mod:`planner.multi_domain`).
+
+Two runs of different settings can resolve to the same cct config (the ablation's ``supervised`` and
+``all`` at a label count of the curve are the curve's ``supervised`` and ``cct``); the grid trains
+such a config once, and the other run is an alias of it (see :func:`canonical_runs`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from planner import multi_domain, weak_labels
+from planner.configs import (
+    GRID_KEYS,
+    GridError,
+    aux_counts,
+    base_cct,
+    datasets_for,
+    deep_merge,
+    enabled_settings,
+    get_key,
+    label_counts_for,
+    method_overrides,
+    seeds_for,
+)
+from planner.layout import Layout, Run
+from planner.vocabulary import METHOD_ORDER, SETTING_METHODS, SETTINGS
+
+
+def expand_runs(config: Mapping[str, Any]) -> list[Run]:
+    """Every run the config asks for, sorted; duplicates (if any) removed."""
+    runs = set()
+    for setting in enabled_settings(config):
+        spec = config["settings"][setting]
+        for method in spec["methods"]:
+            if method not in SETTING_METHODS[setting]:
+                raise GridError(
+                    f"settings.{setting}.methods: {method!r} is not one of {list(SETTING_METHODS[setting])}"
+                )
+        if setting == multi_domain.SETTING:
+            runs.update(multi_domain.runs(config))
+            continue
+        for dataset in datasets_for(config, setting):
+            for labels in label_counts_for(config, setting, dataset):
+                for split in config["datasets"][dataset]["split_seeds"]:
+                    for seed in seeds_for(config, setting):
+                        for method in spec["methods"]:
+                            runs.add(Run(dataset, setting, method, int(labels), int(split), int(seed)))
+    return sorted(runs)
+
+
+def run_domains(config: Mapping[str, Any] | None, run: Run) -> list[str]:
+    """The dataset keys a run trains on: its dataset, or every member of its pairing (joint runs)."""
+    return multi_domain.domains(config, run) if multi_domain.is_joint(run) else [run.dataset]
+
+
+def splits_needed(runs: Iterable[Run], config: Mapping[str, Any] | None = None) -> list[tuple[str, int, int]]:
+    """(dataset, labels, split) of every split list the runs read (a joint run reads every member's;
+    ``config`` names them and is needed when there are joint runs)."""
+    needed = set()
+    for run in runs:
+        if multi_domain.is_joint(run) and config is None:
+            raise ValueError(f"{run.path}: a joint run's split lists depend on its pairing: pass the config")
+        for dataset in run_domains(config, run):
+            needed.add((dataset, run.labels, run.split))
+    return sorted(needed)
+
+
+def run_split_lists(config: Mapping[str, Any], run: Run) -> dict[str, dict[str, str]]:
+    """The split lists a run reads, per dataset key (a joint run: every member's)."""
+    layout = Layout.of(config)
+    return {d: layout.split_lists(d, run.labels, run.split) for d in run_domains(config, run)}
+
+
+# --------------------------------------------------------------------------------------------------
+# cct configs
+
+
+def run_config(config: Mapping[str, Any], run: Run, labeled_list: str | None = None,
+               unlabeled_list: str | None = None, *,
+               lists: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+    """The nested cct config (overrides of cct's defaults) that one run trains with.
+
+    The split lists are ``labeled_list``/``unlabeled_list``, or ``lists[<dataset key>]`` (a mapping
+    with ``labeled`` and ``unlabeled``), which a joint run needs for each member; without either the
+    config has no list keys (``cct`` then draws the split itself from n_labeled and split_seed)."""
+    if multi_domain.is_joint(run):
+        return multi_domain.joint_run_config(config, run, lists)
+    if labeled_list is None and lists is not None and run.dataset in lists:
+        labeled_list, unlabeled_list = lists[run.dataset]["labeled"], lists[run.dataset]["unlabeled"]
+    base = base_cct(config, run.dataset, run.setting)
+    point: dict[str, Any] = {
+        "data": {"n_labeled": run.labels, "split_seed": run.split},
+        "train": {"seed": run.seed},
+    }
+    if labeled_list is not None:
+        point["data"].update(labeled_list=str(labeled_list), unlabeled_list=str(unlabeled_list))
+    point.update(weak_labels.run_keys(config, run))
+    return deep_merge(base, method_overrides(run.method, aux_counts(base)), point)
+
+
+def workflow_run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """A run's cct config as the workflow writes it (its ``overrides.yaml``): with its split lists."""
+    return run_config(config, run, lists=run_split_lists(config, run))
+
+
+def canonical_runs(config: Mapping[str, Any], runs: Iterable[Run] | None = None) -> dict[Run, Run]:
+    """Each run (default: every run of the grid) -> the run that trains its cct config.
+
+    Runs whose configs (:func:`workflow_run_config`, compared whole, split list paths included) are
+    equal share one training: the canonical run is the first of them in setting order (SETTINGS,
+    so label_fraction first), then method order (METHOD_ORDER); every other is an alias of it, and
+    the workflow copies the canonical run's results into its directory instead of training it.
+    A run maps to itself when it is canonical. Equal configs imply the same dataset (its split
+    paths), label count, split draw and training seed, so only runs sharing those are compared.
+    """
+    runs = expand_runs(config) if runs is None else list(runs)
+    order = sorted(set(runs), key=lambda r: (SETTINGS.index(r.setting), METHOD_ORDER.index(r.method), r))
+    canonical: dict[Run, Run] = {}
+    groups: dict[tuple, list[tuple[Run, dict[str, Any]]]] = {}
+    for run in order:
+        tree = workflow_run_config(config, run)
+        group = groups.setdefault((run.dataset, run.labels, run.split, run.seed), [])
+        canonical[run] = next((first for first, first_tree in group if first_tree == tree), run)
+        if canonical[run] == run:
+            group.append((run, tree))
+    return {run: canonical[run] for run in runs}
+
+
+def canonical_run(config: Mapping[str, Any], run: Run) -> Run:
+    """The run of the grid that trains ``run``'s cct config: ``run`` itself, or the run it is an
+    alias of (see :func:`canonical_runs`)."""
+    grid_runs = expand_runs(config)
+    if run not in grid_runs:
+        raise GridError(f"{run.path}: not a run of the grid")
+    return canonical_runs(config, grid_runs)[run]
+
+
+def user_split(config: Mapping[str, Any], dataset: str, labels: int, split: int) -> dict[str, Any] | None:
+    """The user's list pair for (dataset, labels, split), or None when the split is drawn by ``cct splits``."""
+    for entry in config["datasets"][dataset].get("user_splits") or []:
+        if int(entry["labels"]) == int(labels) and int(entry.get("split", 0)) == int(split):
+            return entry
+    return None
+
+
+def dump_yaml(path: str | Path, tree: Mapping[str, Any]) -> None:
+    """Write a nested mapping as YAML: the one writer of the configs the rules write from their params
+    (a run's ``overrides.yaml``, a dataset's split config, a CAM config)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(tree), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks that run before any job starts
+
+
+def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] | None = None,
+                 validate_cam: Callable[[dict], Any] | None = None) -> list[Run]:
+    """Expand the grid and check what the schema cannot; raise GridError naming the key.
+
+    ``validate_cct``, when given (``cct.config.from_dict``), builds each distinct run config so that
+    an unknown or ill-typed cct key fails here, not in the middle of a grid; ``validate_cam`` does
+    the same for the CAM configs of the weak-label setting.
+    """
+    places = [("cct", config.get("cct"))]
+    places += [(f"datasets.{d}.cct", spec.get("cct")) for d, spec in config["datasets"].items()]
+    places += [(f"settings.{s}.cct", spec.get("cct")) for s, spec in config["settings"].items()]
+    for where, tree in places:
+        for key in GRID_KEYS:
+            if get_key(tree or {}, key)[0]:
+                raise GridError(
+                    f"{where}.{key}: this key is set per run by the workflow (from datasets.*.label_counts, "
+                    "split_seeds, seeds, settings.*.methods and the resources' threads); remove it"
+                )
+    _check_user_splits(config)
+    runs = expand_runs(config)
+    if not runs:
+        raise GridError("settings: no setting is enabled, or an enabled setting has no methods/label counts/seeds")
+    if multi_domain.SETTING in enabled_settings(config):
+        multi_domain.check_pairings(config)
+    seen_kinds = set()
+    for run in runs:
+        kind = (run.dataset, run.setting, run.method)
+        if kind in seen_kinds:  # the grid point only adds counts, seeds and list paths
+            continue
+        seen_kinds.add(kind)
+        members = run_domains(config, run)
+        sources = ", ".join(f"datasets.{d}.cct" for d in members)
+        where = f"cct config of {run.path} (from cct, {sources}, settings.{run.setting}.cct)"
+        try:
+            tree = workflow_run_config(config, run)  # paths only; nothing is read
+            for member, data in zip(members, [tree.get("data") or {}, *tree.get("extra_domains", [])], strict=True):
+                if data.get("dataset", "embedded") != "embedded" and data.get("root") is None:
+                    how = (multi_domain.missing_root_hint(member) if run.setting == multi_domain.SETTING
+                           else f"run with --config data_root=/path/to/it or set datasets.{member}.cct.data.root")
+                    raise GridError(f"data.root is not set for the {data['dataset']!r} dataset: {how}")
+            if validate_cct is not None:
+                validate_cct(tree)
+        except ValueError as exc:
+            raise GridError(f"{where}: {exc}") from exc
+    weak_labels.check(config, runs, validate_cam)
+    return runs
+
+
+def _check_user_splits(config: Mapping[str, Any]) -> None:
+    for dataset, spec in config["datasets"].items():
+        seen = set()
+        for i, entry in enumerate(spec.get("user_splits") or []):
+            where = f"datasets.{dataset}.user_splits[{i}]"
+            key = (int(entry["labels"]), int(entry.get("split", 0)))
+            if key in seen:
+                raise GridError(f"{where}: a second list pair for labels={key[0]}, split={key[1]}")
+            seen.add(key)
+            for side in ("labeled", "unlabeled"):
+                if not Path(entry[side]).is_file():
+                    raise GridError(f"{where}.{side}: file not found: {entry[side]}")
+            n = sum(1 for line in Path(entry["labeled"]).read_text().splitlines() if line.strip())
+            if n != key[0]:
+                raise GridError(f"{where}.labeled: {entry['labeled']} lists {n} images, but labels is {key[0]}")

@@ -1,0 +1,72 @@
+"""The weak-label setting: per dataset and training seed s, a CAM classifier trained with seed s on
+the image-level labels, its class activation maps and the pseudo pixel labels thresholded from them
+(the pipeline's folders: :meth:`planner.layout.Layout.weak_paths`); a method that learns from pseudo
+labels (``cct_weak``, :attr:`cct.methods.Method.weak`) reads those of its dataset and seed, so the
+spread over seeds includes that of the pseudo labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+from cct.methods import METHODS
+from planner.configs import GridError, deep_merge, get_key, split_config
+from planner.layout import Layout, Run
+
+
+def needs_pseudo_labels(method: str) -> bool:
+    return method in METHODS and METHODS[method].weak
+
+
+def pseudo_labels(config: Mapping[str, Any], dataset: str, seed: int | str) -> str:
+    """The pseudo labels' folder of a dataset and training seed."""
+    return Layout.of(config).weak_paths(dataset, seed)["pseudo_labels"]
+
+
+def run_keys(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """The cct keys of a run's grid point that the weak-label pipeline supplies (none for a method
+    that does not learn from pseudo labels)."""
+    if not needs_pseudo_labels(run.method):
+        return {}
+    return {"weak": {"pseudo_labels": pseudo_labels(config, run.dataset, run.seed)}}
+
+
+def pipelines(runs: Iterable[Run]) -> list[tuple[str, int]]:
+    """(dataset, seed) of every weak-label pipeline the runs read."""
+    return sorted({(r.dataset, r.seed) for r in runs if needs_pseudo_labels(r.method)})
+
+
+def cam_config(config: Mapping[str, Any], dataset: str, seed: int | str) -> dict[str, Any]:
+    """The CAM config (cct.config.CamRunConfig overrides) of a dataset and training seed: the
+    dataset's data section (without training-only keys), ``settings.weak_labels.cam``,
+    ``datasets.<dataset>.cam``, and the seed."""
+    return deep_merge(
+        split_config(config, dataset),
+        config["settings"].get("weak_labels", {}).get("cam"),
+        config["datasets"][dataset].get("cam"),
+        {"train": {"seed": int(seed)}},
+    )
+
+
+def check(config: Mapping[str, Any], runs: Iterable[Run], validate_cam: Callable[[dict], Any] | None = None) -> None:
+    """Before any job: the CAM overrides leave the seed to the workflow, and (``validate_cam``, when
+    given) each dataset's CAM config builds."""
+    checked = set()
+    for dataset, seed in pipelines(runs):
+        cam_places = [("settings.weak_labels.cam", config["settings"].get("weak_labels", {}).get("cam")),
+                      (f"datasets.{dataset}.cam", config["datasets"][dataset].get("cam"))]
+        for where, tree in cam_places:
+            if get_key(tree or {}, "train.seed")[0]:
+                raise GridError(
+                    f"{where}.train.seed: the CAM classifier of training seed s is trained with seed s; remove it"
+                )
+        if dataset in checked or validate_cam is None:
+            continue
+        checked.add(dataset)
+        try:
+            validate_cam(cam_config(config, dataset, seed))
+        except ValueError as exc:
+            raise GridError(
+                f"CAM config of {dataset} (from datasets.{dataset}.cct.data, settings.weak_labels.cam, "
+                f"datasets.{dataset}.cam): {exc}"
+            ) from exc

@@ -93,13 +93,12 @@ def figure(cam_config: str, cams: str, pseudo: str, checkpoint: str, ids_file: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    import torch
 
     from analysis.plots import save
-    from cct.cli import load_checkpoint
     from cct.config import CamRunConfig, load_config
     from cct.data.base import default_palette, load_source, read_mask
     from cct.data.transforms import normalize, to_tensors
+    from cct.engine import load_checkpoint
     from cct.evaluate import predict_image
     from cct.weak.cam import id_filename, read_cams
 
@@ -119,7 +118,7 @@ def figure(cam_config: str, cams: str, pseudo: str, checkpoint: str, ids_file: s
         _, maps = read_cams(Path(cams) / f"{id_filename(name)}.npz")
         label = read_mask(Path(pseudo) / f"{id_filename(name)}.png")
         x, _ = to_tensors(image, truth)
-        pred = predict_image(model, normalize()(x).as_subclass(torch.Tensor)[None], model.stride)[0].numpy()
+        pred = predict_image(model, normalize()(x)[None], model.stride)[0].numpy()
         heat = maps.max(0) if len(maps) else np.zeros(truth.shape, dtype=np.float32)
         panels = [image, palette[truth], heat, palette[label], palette[pred]]
         for ax, panel, title in zip(row, panels, columns, strict=True):

@@ -91,7 +91,9 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
     bf16 = spec["bf16"] and row != "semi-1by1-fp32"
     mode = "supervised" if row == "supervised" else "semi"
     config = from_dict(spec["tree"], [f"train.mode={mode}", f"train.amp={str(bf16).lower()}"])
-    model = build_model(config.model, {"main": spec["classes"]}, {"main": spec["background"]}, seed=0).to(device).train()
+    model = (
+        build_model(config.model, {"main": spec["classes"]}, {"main": spec["background"]}, seed=0).to(device).train()
+    )
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     variants = {row: None}
@@ -141,12 +143,23 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
     out = []
     for v, ts in times.items():
         seconds = statistics.median(ts)
-        out.append({"config": name, "row": v, "device": device_name, "threads": threads,
-                    "batch": f"{b}+{b if mode == 'semi' else 0}", "crop": crop, "bf16": bf16, "step_s": seconds,
-                    "images_per_s": images / seconds, "peak_mem_gb": peak / 1e9 if v == row else None,
-                    "paper_run_h": seconds * PAPER_RUN_STEPS / 3600 if name == "paper" and v == row else None})
+        out.append(
+            {
+                "config": name,
+                "row": v,
+                "device": device_name,
+                "threads": threads,
+                "batch": f"{b}+{b if mode == 'semi' else 0}",
+                "crop": crop,
+                "bf16": bf16,
+                "step_s": seconds,
+                "images_per_s": images / seconds,
+                "peak_mem_gb": peak / 1e9 if v == row else None,
+                "paper_run_h": seconds * PAPER_RUN_STEPS / 3600 if name == "paper" and v == row else None,
+            }
+        )
     if row == "semi":
-        paired = statistics.median(a - b for a, b in zip(times["semi"], times["semi-no-aux"]))
+        paired = statistics.median(a - b for a, b in zip(times["semi"], times["semi-no-aux"], strict=True))
         out[0]["aux_share"] = paired / out[0]["step_s"]
     return out
 
@@ -162,9 +175,15 @@ def main() -> None:
     parser.add_argument("--only", choices=["paper", "embedded"], default=None)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default: 5 paper on CPU, else 20)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="autocast dtype of the step (auto: bf16 on CUDA, fp32 on CPU); the baseline row is fp32")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per row (default: 5 paper on CPU, else 20)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="autocast dtype of the step (auto: bf16 on CUDA, fp32 on CPU); the baseline row is fp32",
+    )
     parser.add_argument("--baseline", action="store_true", help="add the one-by-one float32 decoders row")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -173,7 +192,10 @@ def main() -> None:
     rows = ["supervised", "semi"] + (["semi-1by1-fp32"] if args.baseline else [])
     device_label = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} thread(s)"
     print(f"torch {torch.__version__}, {device_label}; median over the timed steps")
-    print(f"{'config':<9} {'row':<15} {'batch':>6} {'prec':>5} {'step s':>8} {'img/s':>7} {'peak GB':>8} {'aux share':>9} {'paper run':>10}")
+    print(
+        f"{'config':<9} {'row':<15} {'batch':>6} {'prec':>5} {'step s':>8} {'img/s':>7} {'peak GB':>8} "
+        f"{'aux share':>9} {'paper run':>10}"
+    )
     results = []
     for name in [args.only] if args.only else ["paper", "embedded"]:
         got = {}
@@ -183,12 +205,18 @@ def main() -> None:
                 share = f"{r['aux_share']:.0%}" if "aux_share" in r else ""
                 run = f"{r['paper_run_h']:.1f} h" if r["paper_run_h"] is not None else ""
                 peak = f"{r['peak_mem_gb']:.2f}" if r["peak_mem_gb"] is not None else ""
-                print(f"{name:<9} {r['row']:<15} {r['batch']:>6} {'bf16' if r['bf16'] else 'fp32':>5} {r['step_s']:>8.3f} "
-                      f"{r['images_per_s']:>7.2f} {peak:>8} {share:>9} {run:>10}", flush=True)
+                print(
+                    f"{name:<9} {r['row']:<15} {r['batch']:>6} {'bf16' if r['bf16'] else 'fp32':>5} "
+                    f"{r['step_s']:>8.3f} "
+                    f"{r['images_per_s']:>7.2f} {peak:>8} {share:>9} {run:>10}",
+                    flush=True,
+                )
                 results.append(r)
         if "semi-1by1-fp32" in got:
-            print(f"{name}: semi is {got['semi']['images_per_s'] / got['semi-1by1-fp32']['images_per_s']:.2f}x the "
-                  "images/s of the one-by-one float32 decoders")
+            print(
+                f"{name}: semi is {got['semi']['images_per_s'] / got['semi-1by1-fp32']['images_per_s']:.2f}x the "
+                "images/s of the one-by-one float32 decoders"
+            )
     print(json.dumps(results))
     if args.json:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")

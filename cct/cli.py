@@ -13,9 +13,20 @@ from cct.config import CamRunConfig, ConfigError, from_dict, load_config
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--config", required=required, help="YAML run config (nested keys, see config/README.md); defaults: the embedded benchmark")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. --set train.mode=supervised model.aux.vat=0")
+    p.add_argument(
+        "--config",
+        required=required,
+        help="YAML run config (nested keys, see config/README.md); defaults: the embedded benchmark",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set train.mode=supervised model.aux.vat=0",
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -30,7 +41,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 143
     if not metrics:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    print(f"mIoU {metrics['miou']:.2f} (best {metrics['best_miou']:.2f} at {metrics['best_iteration']}) -> {args.out}/metrics.json")
+    print(
+        f"mIoU {metrics['miou']:.2f} (best {metrics['best_miou']:.2f} at {metrics['best_iteration']}) -> "
+        f"{args.out}/metrics.json"
+    )
     return 0
 
 
@@ -54,8 +68,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, config = load_checkpoint(args.checkpoint)
     name, data = _domain(model, config, args.domain)
     if args.config or args.overrides:  # the data section to evaluate on (a file's, or the checkpoint's with overrides)
-        data = load_config(args.config, args.overrides).data if args.config else from_dict(
-            {**config.to_dict(), "data": vars(data) | {"name": None}, "extra_domains": []}, args.overrides).data
+        data = (
+            load_config(args.config, args.overrides).data
+            if args.config
+            else from_dict(
+                {**config.to_dict(), "data": vars(data) | {"name": None}, "extra_domains": []}, args.overrides
+            ).data
+        )
     source = load_source(data, args.split)
     result = evaluate(model, source, torch.device("cpu"), domain=name)
     result.update(eval_protocol=PROTOCOL, split=args.split, checkpoint=str(args.checkpoint), domain=name)
@@ -67,7 +86,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
     from PIL import Image
 
     from cct.data.base import default_palette
@@ -167,34 +185,44 @@ def cmd_pseudo_labels(args: argparse.Namespace) -> int:
         from cct.io import atomic_write_json
 
         atomic_write_json(args.summary, summary)
-    print(f"pseudo labels of {summary['n_images']} images: mIoU {summary['miou']:.2f} on the "
-          f"{100 - summary['ignored_fraction']:.1f}% of pixels they label -> {args.out}")
+    print(
+        f"pseudo labels of {summary['n_images']} images: mIoU {summary['miou']:.2f} on the "
+        f"{100 - summary['ignored_fraction']:.1f}% of pixels they label -> {args.out}"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cct", description="Cross-Consistency Training for semi-supervised segmentation")
+    parser = argparse.ArgumentParser(
+        prog="cct", description="Cross-Consistency Training for semi-supervised segmentation"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train and evaluate one run")
     _add_config_args(p, required=False)
     p.add_argument("--out", required=True, help="run directory (config.yaml, checkpoint.pt, metrics.json, tb/)")
-    p.add_argument("--resume-dir", default=None, help="resume state folder (default OUT/resume); keep it outside Snakemake outputs")
+    p.add_argument(
+        "--resume-dir", default=None, help="resume state folder (default OUT/resume); keep it outside Snakemake outputs"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a split")
     p.add_argument("--checkpoint", required=True)
     _add_config_args(p, required=False)
     p.add_argument("--split", default="val")
-    p.add_argument("--domain", default=None, help="the domain to evaluate (a multi-domain checkpoint; default: its first)")
+    p.add_argument(
+        "--domain", default=None, help="the domain to evaluate (a multi-domain checkpoint; default: its first)"
+    )
     p.add_argument("--out", default=None, help="write scores as JSON")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="colour-coded PNG masks for a folder of images")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--images", required=True)
-    p.add_argument("--domain", default=None, help="whose decoder predicts (a multi-domain checkpoint; default: its first)")
+    p.add_argument(
+        "--domain", default=None, help="whose decoder predicts (a multi-domain checkpoint; default: its first)"
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_predict)
 
@@ -211,17 +239,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder of embedded-<domain>-<split>.npz")
     p.set_defaults(func=cmd_embedded)
 
-    cam = sub.add_parser("cam", help="the CAM classifier of the weak-label setting").add_subparsers(dest="cam_command", required=True)
+    cam = sub.add_parser("cam", help="the CAM classifier of the weak-label setting").add_subparsers(
+        dest="cam_command", required=True
+    )
     p = cam.add_parser("train", help="train the CAM classifier on the training set's image-level labels")
-    p.add_argument("--config", default=None, help="YAML CAM config (data, model, train, infer, pseudo; see config/README.md)")
+    p.add_argument(
+        "--config", default=None, help="YAML CAM config (data, model, train, infer, pseudo; see config/README.md)"
+    )
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True, help="folder for config.yaml, checkpoint.pt, metrics.json")
     p.add_argument("--resume-dir", default=None, help="resume state folder (default OUT/resume)")
     p.set_defaults(func=cmd_cam_train, command="cam train")
     p = cam.add_parser("infer", help="multi-scale, flipped CAMs of every training image for its known classes")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt of `cct cam train`")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override keys of the checkpoint's config, e.g. infer.scales=[1.0] train.device=cpu")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override keys of the checkpoint's config, e.g. infer.scales=[1.0] train.device=cpu",
+    )
     p.add_argument("--out", required=True, help="folder of <id>.npz CAMs and cams.json")
     p.set_defaults(func=cmd_cam_infer, command="cam infer")
 
@@ -229,8 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cams", required=True, help="folder written by `cct cam infer`")
     p.add_argument("--config", default=None, help="YAML CAM config (its data and pseudo sections are used)")
     p.add_argument("--checkpoint", default=None, help="or: the CAM checkpoint, whose config is used")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="e.g. pseudo.fg_threshold=0.3 pseudo.bg_threshold=0.05")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. pseudo.fg_threshold=0.3 pseudo.bg_threshold=0.05",
+    )
     p.add_argument("--out", required=True, help="folder of <id>.png pseudo labels and summary.json")
     p.add_argument("--summary", default=None, help="also write summary.json here (outside OUT)")
     p.set_defaults(func=cmd_pseudo_labels)
@@ -239,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except ConfigError as exc:

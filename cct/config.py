@@ -163,12 +163,17 @@ class RunConfig:
         for i, name in enumerate(names):
             if names.index(name) != i:
                 raise ConfigError(
-                    f"extra_domains[{i - 1}].name: {name!r} is already the name of another domain; give each a distinct name"
+                    f"extra_domains[{i - 1}].name: {name!r} is already the name of another domain; give each a "
+                    f"distinct name"
                 )
             if not name or "/" in name or "@" in name:
-                raise ConfigError(f"{'data' if i == 0 else f'extra_domains[{i - 1}]'}.name: {name!r} is not a valid domain name")
+                raise ConfigError(
+                    f"{'data' if i == 0 else f'extra_domains[{i - 1}]'}.name: {name!r} is not a valid domain name"
+                )
         if self.extra_domains and self.weak.pseudo_labels is not None:
-            raise ConfigError("weak.pseudo_labels: weak labels are implemented for a single domain; remove extra_domains")
+            raise ConfigError(
+                "weak.pseudo_labels: weak labels are implemented for a single domain; remove extra_domains"
+            )
         _validate_data(self.data, "data.", self.model.output_stride)
         _choice("model.encoder", self.model.encoder, ("small", "resnet50", "resnet101"))
         _choice("model.decoder", self.model.decoder, ("pixelshuffle", "bilinear"))
@@ -204,14 +209,18 @@ class RunConfig:
         if not 0.0 <= self.loss.confidence_threshold < 1.0:
             raise ConfigError(f"loss.confidence_threshold: must be in [0, 1), got {self.loss.confidence_threshold}")
         if not 0.0 < self.model.perturbation.cutout_erase <= 1.0:
-            raise ConfigError(f"model.perturbation.cutout_erase: must be in (0, 1], got {self.model.perturbation.cutout_erase}")
+            raise ConfigError(
+                f"model.perturbation.cutout_erase: must be in (0, 1], got {self.model.perturbation.cutout_erase}"
+            )
         for name in PERTURBATIONS:
             if getattr(self.model.aux, name) < 0:
                 raise ConfigError(f"model.aux.{name}: must be >= 0, got {getattr(self.model.aux, name)}")
         if self.train.mode == "semi" and sum(getattr(self.model.aux, name) for name in PERTURBATIONS) == 0:
             raise ConfigError("model.aux: 'semi' mode needs at least one auxiliary decoder (all counts are 0)")
         if not 0.0 <= self.model.perturbation.dropout_p < 1.0:
-            raise ConfigError(f"model.perturbation.dropout_p: must be in [0, 1), got {self.model.perturbation.dropout_p}")
+            raise ConfigError(
+                f"model.perturbation.dropout_p: must be in [0, 1), got {self.model.perturbation.dropout_p}"
+            )
         lo, hi = self.model.perturbation.feature_drop_range
         if not 0.0 < lo <= hi <= 1.0:
             raise ConfigError(f"model.perturbation.feature_drop_range: need 0 < lo <= hi <= 1, got {[lo, hi]}")
@@ -315,7 +324,9 @@ def _validate_data(data: DataConfig, prefix: str, output_stride: int) -> None:
     if not 0 < lo <= hi:
         raise ConfigError(f"{prefix}scale_range: need 0 < lo <= hi, got {[lo, hi]}")
     if data.crop_size % output_stride:
-        raise ConfigError(f"{prefix}crop_size: {data.crop_size} is not a multiple of model.output_stride={output_stride}")
+        raise ConfigError(
+            f"{prefix}crop_size: {data.crop_size} is not a multiple of model.output_stride={output_stride}"
+        )
     if (data.labeled_list is None) != (data.unlabeled_list is None):
         raise ConfigError(f"{prefix}labeled_list and {prefix}unlabeled_list: give both or neither")
 
@@ -355,7 +366,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if origin is tuple:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(annotation):  # a list item: a mapping over the dataclass's defaults
         if isinstance(value, annotation):

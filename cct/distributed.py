@@ -209,7 +209,8 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     GlooSyncBatchNorm (CPU), in place; the same Parameter and buffer objects are kept."""
     cls = nn.SyncBatchNorm if device.type != "cpu" else GlooSyncBatchNorm
     for name, child in model.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, (nn.SyncBatchNorm, GlooSyncBatchNorm)):
+        synced = isinstance(child, (nn.SyncBatchNorm, GlooSyncBatchNorm))
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not synced:
             new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
             if child.affine:
                 new.weight, new.bias = child.weight, child.bias

@@ -99,7 +99,7 @@ def set_poly_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], iterati
                 power: float) -> None:
     """Poly schedule: every parameter group's rate is its base rate times (1 - iteration/total)^power."""
     factor = (1 - iteration / total) ** power
-    for group, lr in zip(optimizer.param_groups, base_lrs):
+    for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
         group["lr"] = lr * factor
 
 

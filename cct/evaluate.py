@@ -40,7 +40,7 @@ def scores(cm: np.ndarray, class_names: tuple[str, ...]) -> dict:
     total = np.asarray(cm).sum()
     return {
         "miou": float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else float("nan"),
-        "per_class_iou": {n: (None if np.isnan(v) else float(v * 100)) for n, v in zip(class_names, iou)},
+        "per_class_iou": {n: (None if np.isnan(v) else float(v * 100)) for n, v in zip(class_names, iou, strict=True)},
         "pixel_accuracy": float(np.trace(cm) / total * 100) if total else float("nan"),
     }
 

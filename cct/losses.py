@@ -138,7 +138,8 @@ def consistency_sums(
         p = log_p.exp()
         m = 0.5 * (p + target_prob)
         log_m = torch.log(m.clamp_min(1e-12))
-        per = 0.5 * (target_prob * (torch.log(target_prob.clamp_min(1e-12)) - log_m)).sum(2) + 0.5 * (p * (log_p - log_m)).sum(2)
+        log_t = torch.log(target_prob.clamp_min(1e-12))
+        per = 0.5 * (target_prob * (log_t - log_m)).sum(2) + 0.5 * (p * (log_p - log_m)).sum(2)
     else:
         raise ValueError(f"loss.consistency: unknown kind {kind!r}")
     if mask is None:

@@ -60,7 +60,8 @@ def overrides(name: str, aux: Mapping[str, int]) -> dict[str, Any]:
     for p in method.perturbations:
         if int(aux[p]) <= 0 and len(method.perturbations) == 1:
             raise ValueError(
-                f"method {name!r}: its auxiliary decoder count (cct model.aux.{p}) is 0; the ablation needs at least one"
+                f"method {name!r}: its auxiliary decoder count (cct model.aux.{p}) is 0; the ablation needs at "
+                f"least one"
             )
     counts = {p: int(aux[p]) if p in method.perturbations else 0 for p in PERTURBATIONS}
     return {"train": {"mode": "semi"}, "model": {"aux": counts}}

@@ -78,7 +78,7 @@ def resolve_split(data: DataConfig, source: Source, where: str = "data") -> tupl
 def load_domains(config: RunConfig) -> list[Domain]:
     """Every domain of the run with its sources and split, ``data`` first."""
     domains = []
-    for k, (name, data) in enumerate(zip(config.domain_names(), config.domains)):
+    for k, (name, data) in enumerate(zip(config.domain_names(), config.domains, strict=True)):
         where = "data" if k == 0 else f"extra_domains[{k - 1}]"
         train_source, val_source = load_source(data, "train"), load_source(data, "val")
         labeled, unlabeled = resolve_split(data, train_source, where)
@@ -104,12 +104,8 @@ def domain_streams(config: RunConfig, domains: list[Domain], start: int, ctx: di
     for k, d in enumerate(domains):
         # without data.base_size the random rescale is relative to the images' long side
         transform = train_transform(d.data, max(d.train.load(0)[0].shape[:2]))
-        seed = domain_seed(tc.seed, k)
-
-        def stream(source: Source, pool: list[int], size: int, kind: str):
-            loader = batch_stream(source, pool, transform, size, seed, kind, start, tc.iterations, d.data.num_workers,
-                                  pin_memory)
-            return iter(distributed.shard_loader(loader, ctx))
+        stream = functools.partial(_stream, transform=transform, seed=domain_seed(tc.seed, k), start=start,
+                                   stop=tc.iterations, workers=d.data.num_workers, pin_memory=pin_memory, ctx=ctx)
 
         unl = None
         if tc.mode == "semi":
@@ -121,6 +117,13 @@ def domain_streams(config: RunConfig, domains: list[Domain], start: int, ctx: di
             unl = stream(unl_source, d.unlabeled, tc.batch_size_unlabeled, "unlabeled")
         streams.append((stream(d.train, d.labeled, tc.batch_size_labeled, "labeled"), unl))
     return streams
+
+
+def _stream(source: Source, pool: list[int], size: int, kind: str, *, transform, seed: int, start: int, stop: int,
+            workers: int, pin_memory: bool, ctx: distributed.Context):
+    """An iterator over this process's share of the batches of ``pool`` (see :func:`batch_stream`)."""
+    loader = batch_stream(source, pool, transform, size, seed, kind, start, stop, workers, pin_memory)
+    return iter(distributed.shard_loader(loader, ctx))
 
 
 def _numeric_config(config_dict: dict) -> dict:
@@ -188,7 +191,10 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
             if stopping:
                 writer.close()
                 distributed.cleanup(ctx)
-                raise engine.Interrupted(f"stopped by signal {stop.signum} at iteration {step}; state saved to {resume.path}")
+                raise engine.Interrupted(
+                    f"stopped by signal {stop.signum} at iteration {step}; state saved to "
+                    f"{resume.path}"
+                )
     bar.close()
     writer.close()
     if not main:
@@ -198,12 +204,23 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
     if results is None:  # resumed after the last iteration
         results = evaluate_domains(model, domains, device)
     metrics = _metrics(config, domains, results, history, total)
-    metrics.update(wall_time_s=resume.wall_time(), device=str(device), world_size=ctx.world_size,
-                   config=config_dict, versions=engine.versions())
+    metrics.update(
+        wall_time_s=resume.wall_time(),
+        device=str(device),
+        world_size=ctx.world_size,
+        config=config_dict,
+        versions=engine.versions(),
+    )
     save_config(config, out_dir / "config.yaml")
-    engine.save_checkpoint(out_dir / "checkpoint.pt", model, config_dict, {
-        d.name: {"class_names": list(d.train.class_names), "background_classes": d.train.background_classes}
-        for d in domains})
+    engine.save_checkpoint(
+        out_dir / "checkpoint.pt",
+        model,
+        config_dict,
+        {
+            d.name: {"class_names": list(d.train.class_names), "background_classes": d.train.background_classes}
+            for d in domains
+        },
+    )
     atomic_write_json(out_dir / "metrics.json", metrics)
     if start < total:
         resume.save(model, optimizer, total, history)
@@ -217,18 +234,26 @@ def check_run(config: RunConfig, domains: list[Domain], world_size: int) -> None
     if tc.mode == "semi":
         for d in domains:
             if not d.unlabeled:
-                raise ConfigError(f"train.mode: 'semi' needs unlabelled images, but the unlabelled list of {d.where} is empty")
+                raise ConfigError(
+                    f"train.mode: 'semi' needs unlabelled images, but the unlabelled list of {d.where} is empty"
+                )
     for key in ("batch_size_labeled", "batch_size_unlabeled"):
         if getattr(tc, key) % world_size:
-            raise ConfigError(f"train.{key}: {getattr(tc, key)} is not divisible by the {world_size} processes of this run")
+            raise ConfigError(
+                f"train.{key}: {getattr(tc, key)} is not divisible by the {world_size} processes of this run"
+            )
 
 
 def _model(config: RunConfig, domains: list[Domain], device: torch.device) -> CCT:
     """The run's model on ``device``, initialised from the run's seed (channels_last on CUDA;
     ``train.compile`` compiles the encoder and main decoders in place, so parameters and
     state_dict keys stay those of the plain model)."""
-    model = build_model(config.model, {d.name: d.train.num_classes for d in domains},
-                        {d.name: d.train.background_classes for d in domains}, seed=config.train.seed).to(device)
+    model = build_model(
+        config.model,
+        {d.name: d.train.num_classes for d in domains},
+        {d.name: d.train.background_classes for d in domains},
+        seed=config.train.seed,
+    ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if config.train.compile:
@@ -256,9 +281,14 @@ def evaluate_domains(model: CCT, domains: list[Domain], device: torch.device) ->
     return {d.name: evaluate(model, d.val, device, domain=d.name) for d in domains}
 
 
-def _history_entry(results: dict[str, dict], terms: dict, optimizer, w_u: float | None, step: int, n_domains: int) -> dict:
-    entry = {"iteration": step, "val_miou": float(np.mean([r["miou"] for r in results.values()])),
-             "lr": optimizer.param_groups[1]["lr"]}
+def _history_entry(
+    results: dict[str, dict], terms: dict, optimizer, w_u: float | None, step: int, n_domains: int
+) -> dict:
+    entry = {
+        "iteration": step,
+        "val_miou": float(np.mean([r["miou"] for r in results.values()])),
+        "lr": optimizer.param_groups[1]["lr"],
+    }
     entry.update({k: float(v.detach()) for k, v in terms.items()})
     if w_u is not None:
         entry["w_u"] = w_u
@@ -299,7 +329,7 @@ def step_loss(
         if several:
             terms[f"{kind}@{name}"] = value
 
-    for d, (x_l, y_l, x_u, y_w) in zip(domains, batches):
+    for d, (x_l, y_l, x_u, y_w) in zip(domains, batches, strict=True):
         logits_l = m(x_l, d.name)
         if lc.supervised == "abce":
             th = losses.abce_threshold(i, total, d.train.num_classes, lc.abce_final_threshold, lc.abce_rampup)
@@ -318,18 +348,7 @@ def step_loss(
         target = F.softmax(m.to_native(logits_u.detach().float(), d.name) / lc.softmax_temp, dim=1).unsqueeze(1)
         mask = losses.confidence_mask(target, lc.confidence_threshold if lc.confidence_masking else None)
         pseudo = None if y_w is None else m.to_native(y_w.unsqueeze(1), d.name)[:, 0]
-
-        def aux_terms(aux: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-            """(sums, counts) of unsup [, weak] [, pairwise] over the base-grid rows ``rows``."""
-            aux, at = aux.float(), (..., rows, slice(None))
-            parts = [losses.consistency_sums(aux, target[at], lc.consistency, None if mask is None else mask[at])]
-            if pseudo is not None:  # CE of every aux decoder against the pseudo labels
-                parts.append(losses.weak_sums(aux, pseudo[at]))
-            if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)
-                parts.append(losses.pairwise_sums(aux))
-            return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
-
-        values = m.auxiliary_objective(z_u, logits_u, aux_terms, d.name)
+        values = m.auxiliary_objective(z_u, logits_u, _aux_terms(lc, target, mask, pseudo), d.name)
         add("loss_unsup", d.name, values[0])
         loss = loss + w_u * values[0]
         if pseudo is not None:  # ramped like w_u
@@ -341,7 +360,27 @@ def step_loss(
     return loss, terms
 
 
-def _metrics(config: RunConfig, domains: list[Domain], results: dict[str, dict], history: list[dict], total: int) -> dict:
+def _aux_terms(lc, target: torch.Tensor, mask: torch.Tensor | None, pseudo: torch.Tensor | None):
+    """The objective of the auxiliary decoders (see :meth:`cct.model.decoders.DecoderBank.objective`):
+    ``(aux logits, rows) -> (sums, counts)`` of unsup [, weak] [, pairwise] over the base-grid rows
+    ``rows``, against the main prediction ``target``, masked by ``mask`` (confidence masking) and,
+    with weak labels, against ``pseudo``."""
+
+    def terms(aux: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        aux, at = aux.float(), (..., rows, slice(None))
+        parts = [losses.consistency_sums(aux, target[at], lc.consistency, None if mask is None else mask[at])]
+        if pseudo is not None:  # CE of every aux decoder against the pseudo labels
+            parts.append(losses.weak_sums(aux, pseudo[at]))
+        if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)
+            parts.append(losses.pairwise_sums(aux))
+        return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+
+    return terms
+
+
+def _metrics(
+    config: RunConfig, domains: list[Domain], results: dict[str, dict], history: list[dict], total: int
+) -> dict:
     """metrics.json without the run's provenance: the headline is the mean of the domains' mIoU
     (a single domain's own), every domain's scores under ``domains``."""
     several = len(domains) > 1
@@ -352,13 +391,23 @@ def _metrics(config: RunConfig, domains: list[Domain], results: dict[str, dict],
         scored = [e for e in history if key in e]
         best = max(scored, key=lambda e: e[key]) if scored else {key: r["miou"], "iteration": total}
         per_domain[d.name] = {
-            "miou": r["miou"], "best_miou": best[key], "best_iteration": best["iteration"],
-            "per_class_iou": r["per_class_iou"], "pixel_accuracy": r["pixel_accuracy"],
-            "class_names": list(d.train.class_names), "n_labeled": len(d.labeled), "n_unlabeled": len(d.unlabeled),
-            "dataset": d.data.dataset, "domain": d.data.domain, "confusion_matrix": r["confusion_matrix"],
+            "miou": r["miou"],
+            "best_miou": best[key],
+            "best_iteration": best["iteration"],
+            "per_class_iou": r["per_class_iou"],
+            "pixel_accuracy": r["pixel_accuracy"],
+            "class_names": list(d.train.class_names),
+            "n_labeled": len(d.labeled),
+            "n_unlabeled": len(d.unlabeled),
+            "dataset": d.data.dataset,
+            "domain": d.data.domain,
+            "confusion_matrix": r["confusion_matrix"],
         }
-    best = max(history, key=lambda e: e["val_miou"]) if history else {
-        "val_miou": float(np.mean([r["miou"] for r in results.values()])), "iteration": total}
+    best = (
+        max(history, key=lambda e: e["val_miou"])
+        if history
+        else {"val_miou": float(np.mean([r["miou"] for r in results.values()])), "iteration": total}
+    )
     first = domains[0]
     head = results[first.name]
     weak = config.weak.pseudo_labels is not None
@@ -367,9 +416,12 @@ def _metrics(config: RunConfig, domains: list[Domain], results: dict[str, dict],
         "best_miou": best["val_miou"],
         "best_iteration": best["iteration"],
         # one domain: its per-class scores; several: "<domain>/<class>"
-        "per_class_iou": head["per_class_iou"] if not several else {
-            f"{name}/{c}": v for name, r in results.items() for c, v in r["per_class_iou"].items()},
-        "pixel_accuracy": head["pixel_accuracy"] if not several else float(np.mean([r["pixel_accuracy"] for r in results.values()])),
+        "per_class_iou": head["per_class_iou"]
+        if not several
+        else {f"{name}/{c}": v for name, r in results.items() for c, v in r["per_class_iou"].items()},
+        "pixel_accuracy": head["pixel_accuracy"]
+        if not several
+        else float(np.mean([r["pixel_accuracy"] for r in results.values()])),
         "eval_protocol": PROTOCOL,
         "iterations": total,
         "mode": config.train.mode,
@@ -381,7 +433,11 @@ def _metrics(config: RunConfig, domains: list[Domain], results: dict[str, dict],
         "dataset": first.data.dataset,
         "domain": first.data.domain,
         "class_names": list(first.train.class_names),
-        "domains": {name: {k: v for k, v in entry.items() if k != "confusion_matrix"} for name, entry in per_domain.items()},
+        "domains": {
+            name: {k: v for k, v in entry.items() if k != "confusion_matrix"} for name, entry in per_domain.items()
+        },
         "history": history,
-        "confusion_matrix": head["confusion_matrix"] if not several else {n: e["confusion_matrix"] for n, e in per_domain.items()},
+        "confusion_matrix": head["confusion_matrix"]
+        if not several
+        else {n: e["confusion_matrix"] for n, e in per_domain.items()},
     }

@@ -117,7 +117,8 @@ def read_mask(path: str | Path) -> np.ndarray:
         with Image.open(path) as mask:
             if mask.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
                 raise ConfigError(
-                    f"{path}: a {mask.mode} image is not a label mask (expected a palette or greyscale PNG of class values)"
+                    f"{path}: a {mask.mode} image is not a label mask (expected a palette or greyscale PNG of "
+                    f"class values)"
                 )
             return np.asarray(mask).astype(np.int64)
     except FileNotFoundError:

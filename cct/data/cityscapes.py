@@ -17,7 +17,6 @@ terrain, sky), overridable by ``data.background_classes``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -81,7 +80,9 @@ def load_source(config: DataConfig, split: str) -> Source:
             stem = name[: -len(IMAGE_SUFFIX)]
             mask = mask_dir / city / f"{stem}{MASK_SUFFIX}"
             if not mask.is_file():
-                raise ConfigError(f"data.root: {mask} not found (the labels of {image_dir / city / name}; {_HINTS['gtFine']})")
+                raise ConfigError(
+                    f"data.root: {mask} not found (the labels of {image_dir / city / name}; {_HINTS['gtFine']})"
+                )
             ids.append(stem)
             files.append((str(image_dir / city / name), str(mask)))
     if not ids:

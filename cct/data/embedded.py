@@ -230,7 +230,8 @@ def read(root: str | Path, split: str, domain: str) -> EmbeddedData:
     from cct.config import ConfigError
 
     path = cache_file(root, split, domain)
-    how = f"write it with `cct embedded --domain {domain} --out {root}`, or leave data.root unset to generate in the run"
+    how = (f"write it with `cct embedded --domain {domain} --out {root}`, or leave data.root unset to generate "
+           "in the run")
     if not path.is_file():
         raise ConfigError(f"data.root: {path} not found ({how})")
     try:
@@ -240,7 +241,11 @@ def read(root: str | Path, split: str, domain: str) -> EmbeddedData:
     except (OSError, KeyError, ValueError) as exc:
         raise ConfigError(f"data.root: {path} is not an embedded-dataset file ({exc}); {how}") from exc
     n = SPLIT_SIZES[split]
-    if stamp != (FORMAT, domain, split) or images.shape != (n, IMAGE_SIZE, IMAGE_SIZE, 3) or masks.shape != images.shape[:3]:
+    if (
+        stamp != (FORMAT, domain, split)
+        or images.shape != (n, IMAGE_SIZE, IMAGE_SIZE, 3)
+        or masks.shape != images.shape[:3]
+    ):
         raise ConfigError(f"data.root: {path} holds format/domain/split {stamp}, not {(FORMAT, domain, split)}; {how}")
     images.setflags(write=False)
     masks.setflags(write=False)

@@ -77,7 +77,7 @@ def make_split(ids: list[str], n_labeled: int, seed: int, image_labels: np.ndarr
         order = nested_order(len(ids), seed, image_labels)
     chosen = np.zeros(len(ids), dtype=bool)
     chosen[order[:n_labeled]] = True
-    return [i for i, c in zip(ids, chosen) if c], [i for i, c in zip(ids, chosen) if not c]
+    return [i for i, c in zip(ids, chosen, strict=True) if c], [i for i, c in zip(ids, chosen, strict=True) if not c]
 
 
 def read_list(path: str | Path, what: str) -> list[str]:
@@ -100,7 +100,9 @@ def validate_split(labeled: list[str], unlabeled: list[str], train_ids: list[str
             raise ConfigError(f"{where}: {len(unknown)} {name} id(s) are not in the training set, e.g. {unknown[0]!r}")
     overlap = set(labeled) & set(unlabeled)
     if overlap:
-        raise ConfigError(f"{where}: {len(overlap)} id(s) are both labelled and unlabelled, e.g. {sorted(overlap)[0]!r}")
+        raise ConfigError(
+            f"{where}: {len(overlap)} id(s) are both labelled and unlabelled, e.g. {sorted(overlap)[0]!r}"
+        )
     if not labeled:
         raise ConfigError(f"{where}: the labelled list is empty")
 

@@ -118,7 +118,9 @@ def load_source(config: DataConfig, split: str) -> Source:
         val = set(val_ids)
         ids = [i for i in ids if i not in val]
         if not ids:
-            raise ConfigError(f"data.root: {masks} holds no masks of training images ({_HINTS['SegmentationClassAug']})")
+            raise ConfigError(
+                f"data.root: {masks} holds no masks of training images ({_HINTS['SegmentationClassAug']})"
+            )
         first = _ids(base / "ImageSets/Segmentation/train.txt", _HINTS["ImageSets/Segmentation/train.txt"])
         known = set(ids)
         outside = [i for i in first if i not in known]

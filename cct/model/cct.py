@@ -8,10 +8,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cct.config import AuxConfig, ModelConfig, PerturbationConfig
-from cct.model.perturbations import PERTURBATIONS, REGISTRY, Perturbation
-from cct.model.perturbations.functions import Context
 from cct.model.decoders import DecoderBank, Objective
 from cct.model.encoder import build_encoder
+from cct.model.perturbations import PERTURBATIONS, REGISTRY, Perturbation
+from cct.model.perturbations.functions import Context
 
 
 class DecoderSet(nn.Module):

@@ -114,7 +114,7 @@ class _ChunkedObjective(torch.autograd.Function):
             inputs = [(piece, *leaves)[i] for i in wanted]
             for t in range(s.numel() if inputs and s.requires_grad else 0):
                 got = torch.autograd.grad(s, inputs, picks[t], retain_graph=t + 1 < s.numel(), allow_unused=True)
-                for i, grad in zip(wanted, got):
+                for i, grad in zip(wanted, got, strict=True):
                     if grad is None:
                         continue
                     if i == 0:  # the stem's chunk: place it in a stem-sized buffer
@@ -230,7 +230,7 @@ class DecoderBank(nn.Module):
         becomes the slowest part of the sub-pixel axis S. :meth:`to_image` then gives
         PixelShuffle's exact arrangement; per-pixel losses skip it.
         """
-        for weight, bias in zip(weights, biases):
+        for weight, bias in zip(weights, biases, strict=True):
             u = _stage(u, weight, bias)
         return u
 
@@ -251,13 +251,16 @@ class DecoderBank(nn.Module):
         rows ``rows`` (a slice of h) and returns ``(sums, counts)``, each (T,), that add over disjoint
         row ranges; the result is ``sums / counts`` over all rows. With pixel-shuffle decoders every
         output pixel depends on one base pixel, so the rows are run in chunks of at most
-        ``chunk_elements`` output values (default: :data:`CHUNK_ELEMENTS`), each forward and backward at once (:class:`_ChunkedObjective`). Bilinear
+        ``chunk_elements`` output values (default: :data:`CHUNK_ELEMENTS`), each forward and backward
+        at once (:class:`_ChunkedObjective`). Bilinear
         decoders mix neighbouring rows: they run whole, with ``rows`` = all rows, in image layout.
         Values and gradients equal those of ``terms(self(x, native=True), slice(None))``.
         """
         return self.objective_from_linear(self.linear(x), terms, chunk_elements)
 
-    def objective_from_linear(self, y: torch.Tensor, terms: Objective, chunk_elements: int | None = None) -> torch.Tensor:
+    def objective_from_linear(
+        self, y: torch.Tensor, terms: Objective, chunk_elements: int | None = None
+    ) -> torch.Tensor:
         """:meth:`objective` from the classifiers' outputs ``y`` (B, count, K, h, w) of :meth:`linear`
         (for callers that fold perturbations into the classifiers)."""
         if self.upsampling == "bilinear" or self.stages == 0:
@@ -276,7 +279,9 @@ class DecoderBank(nn.Module):
             chunk_elements = CHUNK_ELEMENTS["cuda" if stem.is_cuda else "cpu"]
         return max(1, min(h, chunk_elements // (b * groups * k * 4**self.stages * w)))
 
-    def fisher_product(self, x: torch.Tensor, d: torch.Tensor, select: slice, chunk_elements: int | None = None) -> torch.Tensor:
+    def fisher_product(
+        self, x: torch.Tensor, d: torch.Tensor, select: slice, chunk_elements: int | None = None
+    ) -> torch.Tensor:
         """J^T F J d for the decoders ``select`` at inputs x, direction d, both (B, G*C_z, h, w) as in
         :meth:`decode_group` -> (B, G*C_z, h, w): J the decoders' Jacobian, F the softmax's Fisher
         per output pixel (``diag(p) - p p^T`` over the classes). I-VAT's probe at small xi
@@ -304,15 +309,17 @@ class DecoderBank(nn.Module):
                 u = stem[:, :, :, span].reshape(b, groups, k, 1, -1)
                 t = stem_d[:, :, :, span].reshape(b, groups, k, 1, -1)
                 shut = []  # where each stage's ReLU is closed: its output 0 (its derivative 0, as autograd's at 0)
-                for weight, bias in zip(weights, biases):
+                for weight, bias in zip(weights, biases, strict=True):
                     u = _stage(u, weight, bias)
                     shut.append(u == 0)
                     t = _stage(t, weight, None).masked_fill_(shut[-1], 0)
                 prob = torch.softmax(u, dim=2)
                 v = t.sub_((prob * t).sum(dim=2, keepdim=True)).mul_(prob)  # F J d, per pixel
-                for weight, closed in zip(reversed(weights), reversed(shut)):  # J^T: each stage transposed
+                for weight, closed in zip(reversed(weights), reversed(shut), strict=True):  # J^T: each stage transposed
                     g = v.masked_fill_(closed, 0).reshape(b, groups, 4 * k, -1)
-                    v = torch.matmul(weight.view(groups, 4 * k, k).transpose(1, 2), g).view(b, groups, k, v.shape[3] // 4, -1)
+                    v = torch.matmul(weight.view(groups, 4 * k, k).transpose(1, 2), g).view(
+                        b, groups, k, v.shape[3] // 4, -1
+                    )
                 back[:, :, :, span] = v.view(b, groups, k, -1, w)
             # J^T through the classifiers: decoder g's (K, C) weights transposed, per group
             weight = self._take(self.classifier, k, select, x.dtype).view(groups, k, -1)

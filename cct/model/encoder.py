@@ -56,7 +56,8 @@ def load_pretrained(backbone: nn.Module, name: str, pretrained: bool | str) -> N
         return
     if pretrained is True:
         path, url = _resnet_weights_file(name)
-        how = f"download it once with: python -c \"import torchvision; torchvision.models.{name}(weights='IMAGENET1K_V1')\" (or fetch {url} to that path)"
+        how = (f"download it once with: python -c \"import torchvision; torchvision.models.{name}"
+               f"(weights='IMAGENET1K_V1')\" (or fetch {url} to that path)")
     else:
         path, how = Path(pretrained), "give model.pretrained as the path of a torchvision ResNet state dict"
     if not path.is_file():
@@ -66,7 +67,9 @@ def load_pretrained(backbone: nn.Module, name: str, pretrained: bool | str) -> N
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ConfigError(f"model.pretrained: {path} does not match {name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ConfigError(
+            f"model.pretrained: {path} does not match {name} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 def resnet_backbone(name: str, pretrained: bool | str, output_stride: int) -> nn.Sequential:
@@ -125,9 +128,16 @@ class SmallEncoder(nn.Module):
     def __init__(self, width: int = 32, output_stride: int = 4, psp: bool = True) -> None:
         super().__init__()
         if output_stride not in (4, 8):
-            raise ConfigError(f"model.output_stride: {output_stride} is not supported by the small encoder (use 4 or 8)")
+            raise ConfigError(
+                f"model.output_stride: {output_stride} is not supported by the small encoder (use 4 or 8)"
+            )
         c = 2 * width
-        layers: list[nn.Module] = [_conv_bn(3, width, stride=2), _Residual(width), _conv_bn(width, c, stride=2), _Residual(c)]
+        layers: list[nn.Module] = [
+            _conv_bn(3, width, stride=2),
+            _Residual(width),
+            _conv_bn(width, c, stride=2),
+            _Residual(c),
+        ]
         if output_stride == 8:
             layers += [_conv_bn(c, c, stride=2)]
         layers += [_Residual(c, dilation=2), _Residual(c, dilation=4)]
@@ -158,7 +168,9 @@ def load_encoder_checkpoint(encoder: nn.Module, path: str) -> None:
 def build_encoder(name: str, pretrained: bool | str, output_stride: int, width: int, psp: bool) -> nn.Module:
     if name == "small":
         if pretrained is True:
-            raise ConfigError("model.pretrained: the small encoder has no ImageNet weights; give a cct checkpoint path or false")
+            raise ConfigError(
+                "model.pretrained: the small encoder has no ImageNet weights; give a cct checkpoint path or false"
+            )
         encoder = SmallEncoder(width, output_stride, psp)
         if pretrained:
             load_encoder_checkpoint(encoder, pretrained)

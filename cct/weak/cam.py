@@ -27,13 +27,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from cct import engine
 from cct.config import CamModelConfig, CamRunConfig, ConfigError, save_config
 from cct.data.base import Source, load_source
 from cct.data.loader import AugmentedDataset, IterationBatchSampler
 from cct.data.transforms import normalize, to_tensors, train_transform
 from cct.io import atomic_torch_save, atomic_write_json
 from cct.model.encoder import SmallEncoder, resnet_backbone
-from cct import engine
 
 log = logging.getLogger("cct.cam")
 
@@ -156,7 +156,10 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
             if stop.signum is not None or step % 200 == 0:
                 resume.save(model, optimizer, step, history)
             if stop.signum is not None:
-                raise engine.Interrupted(f"stopped by signal {stop.signum} at iteration {step}; state saved to {resume.path}")
+                raise engine.Interrupted(
+                    f"stopped by signal {stop.signum} at iteration {step}; state saved to "
+                    f"{resume.path}"
+                )
     val = image_level_accuracy(model, load_source(config.data, "val"), device)
     metrics = {
         **val,
@@ -171,8 +174,10 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
         "versions": engine.versions(),
     }
     save_config(config, out_dir / "config.yaml")
-    atomic_torch_save({"model": model.state_dict(), "config": config_dict, "class_names": list(source.class_names)},
-                      out_dir / "checkpoint.pt")
+    atomic_torch_save(
+        {"model": model.state_dict(), "config": config_dict, "class_names": list(source.class_names)},
+        out_dir / "checkpoint.pt",
+    )
     atomic_write_json(out_dir / "metrics.json", metrics)
     if start < tc.iterations:
         resume.save(model, optimizer, tc.iterations, history)
@@ -204,7 +209,9 @@ def load_cam(path: str | Path) -> tuple[CamNet, CamRunConfig]:
 
 
 @torch.no_grad()
-def cam_maps(model: CamNet, image: torch.Tensor, classes: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
+def cam_maps(
+    model: CamNet, image: torch.Tensor, classes: torch.Tensor, scales: list[float], flip: bool
+) -> torch.Tensor:
     """Normalised CAMs of one image.
 
     ``image``: normalised (3, H, W); ``classes``: int64 (n,) foreground indices (0-based, into the
@@ -257,12 +264,19 @@ def infer_cams(checkpoint: str | Path, out_dir: str | Path, overrides: list[str]
     for i, image_id in enumerate(source.ids):
         image, _ = to_tensors(*source.load(i))
         present = np.flatnonzero(labels[i])
-        maps = cam_maps(model, norm(image).to(device), torch.from_numpy(present).to(device),
-                        config.infer.scales, config.infer.flip)
+        maps = cam_maps(
+            model, norm(image).to(device), torch.from_numpy(present).to(device), config.infer.scales, config.infer.flip
+        )
         quantised = (maps * 255).round().to(torch.uint8).cpu().numpy()
         np.savez_compressed(partial / f"{id_filename(image_id)}.npz", classes=present + 1, cams=quantised)
-    summary = {"n_images": len(source), "scales": config.infer.scales, "flip": config.infer.flip,
-               "checkpoint": str(checkpoint), "wall_time_s": time.perf_counter() - t0, "config": config.to_dict()}
+    summary = {
+        "n_images": len(source),
+        "scales": config.infer.scales,
+        "flip": config.infer.flip,
+        "checkpoint": str(checkpoint),
+        "wall_time_s": time.perf_counter() - t0,
+        "config": config.to_dict(),
+    }
     atomic_write_json(partial / "cams.json", summary)
     if out_dir.exists():
         shutil.rmtree(out_dir)

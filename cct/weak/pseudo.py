@@ -88,7 +88,9 @@ def make_pseudo_labels(config: CamRunConfig, cams_dir: str | Path, out_dir: str 
         write_png(partial / f"{id_filename(image_id)}.png", label)
         truth = source.load(i)[1]
         if truth.shape != label.shape:
-            raise ConfigError(f"--cams: {cams_dir}/{id_filename(image_id)}.npz is {label.shape} but image {image_id} is {truth.shape}")
+            raise ConfigError(
+                f"--cams: {cams_dir}/{id_filename(image_id)}.npz is {label.shape} but image {image_id} is {truth.shape}"
+            )
         valid = (truth != IGNORE_INDEX) & (label != IGNORE_INDEX)
         confusion += np.bincount(truth[valid] * k + label[valid], minlength=k * k).reshape(k, k)
         ignored += int(((label == IGNORE_INDEX) & (truth != IGNORE_INDEX)).sum())
@@ -120,7 +122,9 @@ def with_pseudo_labels(source: Source, directory: str | Path, indices: list[int]
     paths = {i: directory / f"{id_filename(source.ids[i])}.png" for i in indices}
     missing = [path for path in paths.values() if not path.is_file()]
     if missing:
-        raise ConfigError(f"weak.pseudo_labels: {len(missing)} unlabelled image(s) have no pseudo label, e.g. {missing[0]}")
+        raise ConfigError(
+            f"weak.pseudo_labels: {len(missing)} unlabelled image(s) have no pseudo label, e.g. {missing[0]}"
+        )
     if source.files is not None:
         files = [(image, str(paths.get(i, ""))) for i, (image, _) in enumerate(source.files)]
         return dataclasses.replace(source, name=f"{source.name}+pseudo", files=files, label_map=None)
@@ -129,7 +133,9 @@ def with_pseudo_labels(source: Source, directory: str | Path, indices: list[int]
     for i, path in paths.items():
         label = read_mask(path)
         if label.shape != masks.shape[1:]:
-            raise ConfigError(f"weak.pseudo_labels: {path} is {label.shape[1]}x{label.shape[0]}, its image "
-                              f"{masks.shape[2]}x{masks.shape[1]}")
+            raise ConfigError(
+                f"weak.pseudo_labels: {path} is {label.shape[1]}x{label.shape[0]}, its image "
+                f"{masks.shape[2]}x{masks.shape[1]}"
+            )
         pseudo[i] = label
     return dataclasses.replace(source, name=f"{source.name}+pseudo", arrays=(images, pseudo))

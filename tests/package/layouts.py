@@ -164,7 +164,8 @@ def sunrgbd_tree(root: str | Path, train: int = 4, test: int = 3, size: tuple[in
     rng = np.random.default_rng(seed)
     root = Path(root)
     out: dict = {"root": root, "masks": {}}
-    for split, folder, n, offset in (("train", "SUNRGBD-train_images", train, 5050), ("test", "SUNRGBD-test_images", test, 0)):
+    splits = (("train", "SUNRGBD-train_images", train, 5050), ("test", "SUNRGBD-test_images", test, 0))
+    for split, folder, n, offset in splits:
         out[split] = []
         for k in range(1, n + 1):
             image, mask = scene(rng, size, list(range(1, 38)), 0)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -27,7 +26,9 @@ def one_error_line(result, command: str) -> str:
 
 
 def test_missing_config_file(tmp_path):
-    line = one_error_line(run_cct("train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")), "train")
+    line = one_error_line(
+        run_cct("train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")), "train"
+    )
     assert "config file not found" in line and str(tmp_path / "nope.yaml") in line
     assert not (tmp_path / "r").exists()
 
@@ -53,24 +54,46 @@ def test_labelled_list_naming_an_unknown_image(tmp_path):
     labeled, unlabeled = tmp_path / "labeled.txt", tmp_path / "unlabeled.txt"
     labeled.write_text("a_train_00000\nghost_00042\n")
     unlabeled.write_text("a_train_00001\na_train_00002\n")
-    result = run_cct("train", "--out", str(tmp_path / "r"), "--set", *TINY, "train.iterations=1",
-                     f"data.labeled_list={labeled}", f"data.unlabeled_list={unlabeled}")
+    result = run_cct(
+        "train",
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        *TINY,
+        "train.iterations=1",
+        f"data.labeled_list={labeled}",
+        f"data.unlabeled_list={unlabeled}",
+    )
     line = one_error_line(result, "train")
     assert "'ghost_00042'" in line and str(labeled) in line
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
 def test_predict_with_a_missing_images_folder(tiny_checkpoint, tmp_path):
-    result = run_cct("predict", "--checkpoint", str(tiny_checkpoint), "--images", str(tmp_path / "no_such_dir"),
-                     "--out", str(tmp_path / "masks"))
+    result = run_cct(
+        "predict",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--images",
+        str(tmp_path / "no_such_dir"),
+        "--out",
+        str(tmp_path / "masks"),
+    )
     line = one_error_line(result, "predict")
     assert "--images" in line and str(tmp_path / "no_such_dir") in line
 
 
 def test_predict_with_a_missing_checkpoint(tmp_path):
     (tmp_path / "imgs").mkdir()
-    result = run_cct("predict", "--checkpoint", str(tmp_path / "none.pt"), "--images", str(tmp_path / "imgs"),
-                     "--out", str(tmp_path / "masks"))
+    result = run_cct(
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "none.pt"),
+        "--images",
+        str(tmp_path / "imgs"),
+        "--out",
+        str(tmp_path / "masks"),
+    )
     line = one_error_line(result, "predict")
     assert "--checkpoint" in line and str(tmp_path / "none.pt") in line
 
@@ -89,13 +112,20 @@ def write_pngs(folder, sizes=((64, 64), (50, 45))):
 
 
 def test_predict_writes_one_palette_png_per_image_of_the_same_size(tiny_checkpoint, tmp_path):
-    from cct.engine import load_checkpoint
     from cct.data.transforms import normalize, to_tensors
+    from cct.engine import load_checkpoint
     from cct.evaluate import predict_image
 
     arrays = write_pngs(tmp_path / "imgs")
-    result = run_cct("predict", "--checkpoint", str(tiny_checkpoint), "--images", str(tmp_path / "imgs"),
-                     "--out", str(tmp_path / "masks"))
+    result = run_cct(
+        "predict",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--images",
+        str(tmp_path / "imgs"),
+        "--out",
+        str(tmp_path / "masks"),
+    )
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in (tmp_path / "masks").iterdir())
     assert written == ["scene0.png", "scene1.png"]
@@ -114,6 +144,7 @@ def test_predict_writes_one_palette_png_per_image_of_the_same_size(tiny_checkpoi
 
 
 # --- further bad inputs, run in-process (the same main(), without the start-up cost) ---------------------
+
 
 def in_process_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
@@ -138,13 +169,33 @@ def test_a_text_file_given_as_checkpoint(capsys, tmp_path):
 
 def test_predict_with_an_empty_folder_or_a_broken_image(capsys, tiny_checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
-    line = in_process_error(capsys, ["predict", "--checkpoint", str(tiny_checkpoint), "--images",
-                                     str(tmp_path / "empty"), "--out", str(tmp_path / "m")])
+    line = in_process_error(
+        capsys,
+        [
+            "predict",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--images",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
     assert "no .png/.jpg images" in line and str(tmp_path / "empty") in line
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.png").write_bytes(b"\x89PNG not really")
-    line = in_process_error(capsys, ["predict", "--checkpoint", str(tiny_checkpoint), "--images",
-                                     str(tmp_path / "broken"), "--out", str(tmp_path / "m")])
+    line = in_process_error(
+        capsys,
+        [
+            "predict",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--images",
+            str(tmp_path / "broken"),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
     assert "cannot read" in line and "x.png" in line
 
 
@@ -154,14 +205,27 @@ def test_splits_command_writes_the_nested_split_and_validates_user_lists(capsys,
     expected = make_split(list(data.ids), 10, 2, data.image_labels())
     assert read_list(tmp_path / "s10" / "labeled.txt", "l") == expected[0]
     assert read_list(tmp_path / "s10" / "unlabeled.txt", "u") == expected[1]
-    assert main(["splits", "--from-lists", str(tmp_path / "s10" / "labeled.txt"),
-                 str(tmp_path / "s10" / "unlabeled.txt"), "--out", str(tmp_path / "copy")]) == 0
+    assert (
+        main(
+            [
+                "splits",
+                "--from-lists",
+                str(tmp_path / "s10" / "labeled.txt"),
+                str(tmp_path / "s10" / "unlabeled.txt"),
+                "--out",
+                str(tmp_path / "copy"),
+            ]
+        )
+        == 0
+    )
     assert read_list(tmp_path / "copy" / "labeled.txt", "l") == expected[0]
     capsys.readouterr()
     dup = tmp_path / "dup.txt"
     dup.write_text("a_train_00001\na_train_00001\n")
-    line = in_process_error(capsys, ["splits", "--from-lists", str(dup), str(tmp_path / "s10" / "unlabeled.txt"),
-                                     "--out", str(tmp_path / "bad")])
+    line = in_process_error(
+        capsys,
+        ["splits", "--from-lists", str(dup), str(tmp_path / "s10" / "unlabeled.txt"), "--out", str(tmp_path / "bad")],
+    )
     assert "'a_train_00001'" in line and "dup.txt" in line
     line = in_process_error(capsys, ["splits", "--n-labeled", "5000", "--out", str(tmp_path / "bad")])
     assert "data.n_labeled" in line and "5000" in line

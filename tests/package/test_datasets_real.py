@@ -153,7 +153,8 @@ def test_voc_image_without_mask_or_mask_without_image_or_annotation(voc):
     (base / "JPEGImages" / f"{voc['val'][0]}.jpg").unlink()
     with pytest.raises(ConfigError, match=f"{base}/JPEGImages/{voc['val'][0]}.jpg not found"):
         source("voc", voc["root"], "val")
-    shutil.copy(base / "SegmentationClassAug" / f"{voc['train'][0]}.png", base / "SegmentationClassAug" / f"{voc['train'][2]}.png")
+    masks = base / "SegmentationClassAug"
+    shutil.copy(masks / f"{voc['train'][0]}.png", masks / f"{voc['train'][2]}.png")
     (base / "Annotations" / f"{voc['extra'][0]}.xml").unlink()
     with pytest.raises(ConfigError, match=f"{base}/Annotations/{voc['extra'][0]}.xml not found"):
         source("voc", voc["root"], "train")
@@ -189,7 +190,9 @@ def test_voc_background_classes_default_and_override(voc):
 
 def test_file_backed_source_feeds_the_training_transform(voc):
     train = source("voc", voc["root"], "train", crop_size=32, base_size=40, scale_range=(0.5, 2.0))
-    dataset = AugmentedDataset(train, train_transform(DataConfig(crop_size=32, base_size=40, scale_range=(0.5, 2.0)), 32))
+    dataset = AugmentedDataset(
+        train, train_transform(DataConfig(crop_size=32, base_size=40, scale_range=(0.5, 2.0)), 32)
+    )
     image, mask = dataset[(3, 1234)]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
     assert mask.shape == (32, 32) and mask.dtype == torch.int64
@@ -210,10 +213,21 @@ def test_file_backed_stream_is_the_same_with_worker_processes(voc):
 def test_training_runs_on_a_voc_tree(voc, tmp_path):
     from cct.train import train
 
-    config = from_dict({"data": {"dataset": "voc", "root": str(voc["root"]), "n_labeled": 4}},
-                       TINY + ["train.iterations=2", "train.eval_interval=2", "model.aux.vat=1", "model.aux.dropout=1",
-                               "model.aux.cutout=1", "model.aux.context_masking=1", "model.aux.object_masking=1",
-                               "model.aux.feature_drop=1", "model.aux.feature_noise=1"])
+    config = from_dict(
+        {"data": {"dataset": "voc", "root": str(voc["root"]), "n_labeled": 4}},
+        TINY
+        + [
+            "train.iterations=2",
+            "train.eval_interval=2",
+            "model.aux.vat=1",
+            "model.aux.dropout=1",
+            "model.aux.cutout=1",
+            "model.aux.context_masking=1",
+            "model.aux.object_masking=1",
+            "model.aux.feature_drop=1",
+            "model.aux.feature_noise=1",
+        ],
+    )
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         metrics = train(config, tmp_path / "run")
@@ -224,6 +238,7 @@ def test_training_runs_on_a_voc_tree(voc, tmp_path):
 
 
 # --- Cityscapes -----------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def cityscapes(tmp_path):
@@ -249,7 +264,7 @@ def test_cityscapes_maps_label_ids_to_the_19_train_ids(cityscapes):
     # the same images and label files as torchvision's Cityscapes
     theirs = Cityscapes(str(cityscapes["root"]), split="val", mode="fine", target_type="semantic")
     by_name = {Path(p).name: i for i, p in enumerate(theirs.images)}
-    for i, (image_path, mask_path) in enumerate(val.files):
+    for i, (image_path, _mask_path) in enumerate(val.files):
         tv_image, tv_target = theirs[by_name[Path(image_path).name]]
         image, mask = val.load(i)
         assert np.array_equal(image, np.asarray(tv_image))
@@ -260,7 +275,15 @@ def test_cityscapes_maps_label_ids_to_the_19_train_ids(cityscapes):
 def test_cityscapes_context_classes_are_the_stuff_classes(cityscapes):
     val = source("cityscapes", cityscapes["root"], "val")
     assert [val.class_names[c] for c in val.background_classes] == [
-        "road", "sidewalk", "building", "wall", "fence", "vegetation", "terrain", "sky"]
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "vegetation",
+        "terrain",
+        "sky",
+    ]
     assert source("cityscapes", cityscapes["root"], "val", background_classes=[10]).background_classes == [10]
     with pytest.raises(ConfigError, match="data.background_classes"):
         source("cityscapes", cityscapes["root"], "val", background_classes=[19])
@@ -297,6 +320,7 @@ def test_cityscapes_validation_names_the_missing_path(cityscapes):
 
 # --- CamVid ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def camvid(tmp_path):
     return camvid_tree(tmp_path / "CamVid")
@@ -312,8 +336,19 @@ def test_camvid_void_is_ignored_and_classes_kept(camvid):
             expected[expected == 11] = 255
             assert np.array_equal(mask, expected) and image.shape == (36, 48, 3)
     assert (mask == 255).any()
-    assert src.class_names == ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
-                               "Pedestrian", "Bicyclist")
+    assert src.class_names == (
+        "Sky",
+        "Building",
+        "Pole",
+        "Road",
+        "Pavement",
+        "Tree",
+        "SignSymbol",
+        "Fence",
+        "Car",
+        "Pedestrian",
+        "Bicyclist",
+    )
     assert [src.class_names[c] for c in src.background_classes] == ["Sky", "Building", "Road", "Pavement", "Tree"]
 
 
@@ -327,10 +362,14 @@ def test_camvid_validation_names_the_missing_path(camvid):
     with pytest.raises(ConfigError, match=f"{path}: raw label value 12 is not defined"):
         src.load(1)
     write_mask(path, bad[:-1])
-    with pytest.raises(ConfigError, match=f"camvid/train: {path} is 48x35 but its image {root / 'train' / path.name} is 48x36"):
+    with pytest.raises(
+        ConfigError, match=f"camvid/train: {path} is 48x35 but its image {root / 'train' / path.name} is 48x36"
+    ):
         src.load(1)
     path.unlink()
-    with pytest.raises(ConfigError, match=f"data.root: {path} not found \\(the mask of {root / 'train' / path.name}\\)"):
+    with pytest.raises(
+        ConfigError, match=f"data.root: {path} not found \\(the mask of {root / 'train' / path.name}\\)"
+    ):
         source("camvid", root, "train")
     shutil.rmtree(root / "testannot")
     with pytest.raises(ConfigError, match=f"data.root: {root / 'testannot'} not found \\(the CamVid test masks"):
@@ -340,6 +379,7 @@ def test_camvid_validation_names_the_missing_path(camvid):
 
 
 # --- SUN RGB-D ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def sun(tmp_path):
@@ -371,7 +411,9 @@ def test_sunrgbd_validation_names_the_missing_path(sun):
     with pytest.raises(ConfigError, match=f"{label}: raw label value 38 is not defined"):
         source("sunrgbd", root, "train").load(2)
     label.unlink()
-    with pytest.raises(ConfigError, match=f"data.root: {label} not found \\(the label of {root}/SUNRGBD-train_images/img-000003.jpg\\)"):
+    with pytest.raises(
+        ConfigError, match=f"data.root: {label} not found \\(the label of {root}/SUNRGBD-train_images/img-000003.jpg\\)"
+    ):
         source("sunrgbd", root, "train")
     shutil.rmtree(root / "sunrgbd_train_test_labels")
     with pytest.raises(ConfigError, match=f"data.root: {root / 'sunrgbd_train_test_labels'} not found"):
@@ -379,6 +421,7 @@ def test_sunrgbd_validation_names_the_missing_path(sun):
 
 
 # --- pretrained weights -------------------------------------------------------------------------------
+
 
 def test_missing_pretrained_weights_name_the_exact_expected_path(tmp_path, monkeypatch):
     from cct.model.encoder import build_encoder

@@ -163,7 +163,8 @@ def test_cct_train_under_torchrun_matches_one_process(tmp_path):
 
     def run(nproc: int, out, extra: list[str]) -> subprocess.CompletedProcess:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd = (launcher if nproc > 1 else [sys.executable]) + ["-m", "cct", "train", "--out", str(out), "--set", *common, *extra]
+        cmd = (launcher if nproc > 1 else [sys.executable]) + ["-m", "cct", "train", "--out", str(out), "--set",
+                                                               *common, *extra]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=cct_env())
 
     one = run(1, tmp_path / "one", sup)

@@ -50,7 +50,7 @@ def test_image_level_labels_match_the_masks(domain):
     data = embedded.generate("val", domain)
     labels = data.image_labels()
     assert labels.shape == (200, len(data.class_names) - 1) and labels.dtype == bool
-    for mask, row in zip(data.masks, labels):
+    for mask, row in zip(data.masks, labels, strict=True):
         assert set(np.flatnonzero(row) + 1) == set(np.unique(mask)) - {0}
 
 

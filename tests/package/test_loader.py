@@ -92,7 +92,7 @@ def test_stream_resumed_mid_run_yields_the_same_tensors():
     transform = train_transform(DataConfig(crop_size=32), 40)
     full = list(batch_stream(source, [0, 1, 2, 3], transform, 3, 5, "unlabeled", 0, 6))
     tail = list(batch_stream(source, [0, 1, 2, 3], transform, 3, 5, "unlabeled", 4, 6))
-    for (xa, ya), (xb, yb) in zip(full[4:], tail):
+    for (xa, ya), (xb, yb) in zip(full[4:], tail, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
@@ -103,7 +103,7 @@ def test_crop_is_padded_with_255_in_the_mask_and_0_in_the_image():
     x, y = AugmentedDataset(source, train_transform(config, 40))[(0, 3)]
     padded = y == 255
     assert int(padded.sum()) == 32 * 32 - 30 * 30
-    black = torch.tensor([-m / s for m, s in zip(MEAN, STD)]).view(3, 1)
+    black = torch.tensor([-m / s for m, s in zip(MEAN, STD, strict=True)]).view(3, 1)
     torch.testing.assert_close(x[:, padded], black.expand(3, int(padded.sum())))
     assert set(torch.unique(y[~padded]).tolist()) <= {0, 1, 2}
 

@@ -122,11 +122,11 @@ def aux_logits(requires_grad=True):
 
 
 def kl(t, p):
-    return sum(ti * math.log(ti / pi) for ti, pi in zip(t, p))
+    return sum(ti * math.log(ti / pi) for ti, pi in zip(t, p, strict=True))
 
 
 def js(t, p):
-    m = [(a + b) / 2 for a, b in zip(t, p)]
+    m = [(a + b) / 2 for a, b in zip(t, p, strict=True)]
     return 0.5 * kl(t, m) + 0.5 * kl(p, m)
 
 
@@ -135,7 +135,7 @@ def per_pixel(fn):
 
 
 def mse(t, p):
-    return sum((a - b) ** 2 for a, b in zip(t, p)) / 2  # mean over the K=2 classes
+    return sum((a - b) ** 2 for a, b in zip(t, p, strict=True)) / 2  # mean over the K=2 classes
 
 
 def test_hand_made_inputs_are_what_the_comments_say():

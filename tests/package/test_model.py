@@ -17,7 +17,7 @@ from cct.model.encoder import build_encoder
 def reference_decoder(x, classifier, up_weights, up_biases):
     """One decoder written out: conv1x1 (no bias), then per stage conv1x1 + ReLU + PixelShuffle(2)."""
     y = F.conv2d(x, classifier)
-    for w, b in zip(up_weights, up_biases):
+    for w, b in zip(up_weights, up_biases, strict=True):
         y = F.pixel_shuffle(F.relu(F.conv2d(y, w, b)), 2)
     return y
 
@@ -68,7 +68,7 @@ def test_decoder_bank_equals_separate_decoders(upscale, upsampling):
             single.classifier.copy_(block(bank.classifier, i, k))
             if upsampling == "bilinear":
                 single.classifier_bias.copy_(block(bank.classifier_bias, i, k))
-            for ws, bs, w, b in zip(single.up_weights, single.up_biases, bank.up_weights, bank.up_biases):
+            for ws, bs, w, b in zip(single.up_weights, single.up_biases, bank.up_weights, bank.up_biases, strict=True):
                 ws.copy_(block(w, i, 4 * k))
                 bs.copy_(block(b, i, 4 * k))
         torch.testing.assert_close(single(xi)[:, 0], out[:, i], rtol=1e-5, atol=1e-5)
@@ -203,7 +203,8 @@ def test_output_shapes(stride, decoder):
     model = small_model(dict(NO_AUX, vat=1, dropout=1, cutout=1, context_masking=1, object_masking=1,
                              feature_drop=1, feature_noise=1), classes=6, stride=stride, decoder=decoder).eval()
     for bank in (model.heads["main"].main, model.heads["main"].aux):
-        assert bank.upsampling == decoder and len(bank.up_weights) == (math.log2(stride) if decoder == "pixelshuffle" else 0)
+        stages = math.log2(stride) if decoder == "pixelshuffle" else 0
+        assert bank.upsampling == decoder and len(bank.up_weights) == stages
     x = torch.randn(2, 3, 32, 40)
     logits = model(x)
     assert logits.shape == (2, 6, 32, 40)
@@ -224,7 +225,9 @@ def test_model_without_aux_decoders_refuses_auxiliary():
 
 def logits_for(pred: torch.Tensor, classes: int) -> torch.Tensor:
     """Logits (B, K, H, W) whose argmax is ``pred`` (B, H, W)."""
-    return F.one_hot(pred, classes).permute(0, 3, 1, 2).float() * 5 + torch.rand(pred.shape[0], classes, *pred.shape[1:])
+    return F.one_hot(pred, classes).permute(0, 3, 1, 2).float() * 5 + torch.rand(
+        pred.shape[0], classes, *pred.shape[1:]
+    )
 
 
 def test_objects_map_respects_background_classes():
@@ -305,9 +308,13 @@ def test_one_decoder_set_per_domain_with_its_own_background():
     assert model(x).shape == (1, 4, 16, 16) and model(x, "a").shape == (1, 4, 16, 16)
     assert model(x, "b").shape == (1, 3, 16, 16)
     pred = torch.tensor([[0, 1], [2, 1]]).repeat_interleave(8, 0).repeat_interleave(8, 1)[None]
-    assert torch.equal(model.objects_map(logits_for(pred, 4), (2, 2), "a"), torch.tensor([[[False, True], [True, True]]]))
+    assert torch.equal(
+        model.objects_map(logits_for(pred, 4), (2, 2), "a"), torch.tensor([[[False, True], [True, True]]])
+    )
     pred_b = pred.clamp(max=2)
-    assert torch.equal(model.objects_map(logits_for(pred_b, 3), (2, 2), "b"), torch.tensor([[[False, False], [True, False]]]))
+    assert torch.equal(
+        model.objects_map(logits_for(pred_b, 3), (2, 2), "b"), torch.tensor([[[False, False], [True, False]]])
+    )
 
 
 @pytest.mark.parametrize("key", ["train.batch_size_labeled", "train.batch_size_unlabeled"])
@@ -413,7 +420,7 @@ def test_chunked_objective_equals_the_materialised_losses(upsampling, upscale, k
     ref, got = run(False), run(True)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-8)
-    for g, r in zip(got[2], ref[2]):
+    for g, r in zip(got[2], ref[2], strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-8)
     if threshold == 1.0:
         assert ref[0][0].item() == 0.0

@@ -99,7 +99,7 @@ def test_every_iteration_draws_from_every_domain_and_each_walks_its_own_images()
     for _ in range(5):
         for lab, unl in fresh:
             next(lab), next(unl)
-    for (a_lab, _), (b_lab, _) in zip(again, fresh):
+    for (a_lab, _), (b_lab, _) in zip(again, fresh, strict=True):
         xa, ya = next(a_lab)
         xb, yb = next(b_lab)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -172,7 +172,8 @@ def test_joint_run_is_deterministic_and_resumes(joint_run, tmp_path, monkeypatch
 
 def test_cli_evaluates_and_predicts_one_domain(joint_run, tmp_path):
     out, metrics = joint_run
-    proc = run_cct("evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--domain", "night", "--out", str(tmp_path / "s.json"))
+    proc = run_cct("evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--domain", "night",
+                   "--out", str(tmp_path / "s.json"))
     assert proc.returncode == 0, proc.stderr
     scores = json.loads((tmp_path / "s.json").read_text())
     assert scores["domain"] == "night" and scores["miou"] == pytest.approx(metrics["domains"]["night"]["miou"])

@@ -48,7 +48,7 @@ def test_feature_noise_range_is_the_argument_and_draws_differ():
 
 def test_feature_drop_zeroes_exactly_the_positions_above_a_threshold_in_0_7_to_0_9_of_the_max():
     fractions_lo, fractions_hi = [], []
-    for trial in range(60):
+    for _trial in range(60):
         b, c, h, w = 2, 4, 10, 10
         # attention = channel mean; make it take 100 distinct, evenly spread values per sample
         z = positive_z(b, c, h, w)
@@ -469,7 +469,8 @@ def test_vat_direction_is_the_small_xi_limit_of_the_float64_finite_difference(up
     # the finite difference is xi^2 H d: rescaled (cosine_similarity clamps norms below 1e-8)
     cosine = F.cosine_similarity(fast.flatten(1).double(), slow.flatten(1) / 1e-12, dim=1)
     assert (cosine > 0.9999).all(), cosine
-    torch.testing.assert_close(fast.flatten(1).norm(dim=1).double(), slow.flatten(1).norm(dim=1) / 1e-12, rtol=1e-3, atol=0)
+    torch.testing.assert_close(fast.flatten(1).norm(dim=1).double(), slow.flatten(1).norm(dim=1) / 1e-12,
+                               rtol=1e-3, atol=0)
     # a large xi takes the finite difference itself, in float32
     big = P._kl_probe(decoder, z, d, xi=0.5)
     assert big.shape == z.shape and big.dtype == torch.float32
@@ -572,14 +573,28 @@ def test_vat_with_the_fisher_product_equals_vat_through_the_decoder(monkeypatch)
 def test_registry_holds_the_seven_perturbations_of_the_paper_each_with_a_builder():
     from cct.config import PERTURBATIONS, AuxConfig
 
-    assert PERTURBATIONS == ("vat", "dropout", "cutout", "context_masking", "object_masking", "feature_drop",
-                             "feature_noise")
+    assert PERTURBATIONS == (
+        "vat",
+        "dropout",
+        "cutout",
+        "context_masking",
+        "object_masking",
+        "feature_drop",
+        "feature_noise",
+    )
     assert {n: P.REGISTRY[n].paper_count for n in PERTURBATIONS} == dataclasses.asdict(AuxConfig())
     assert sum(p.paper_count for p in P.REGISTRY.values()) == 30  # the official config's 30 decoders
     assert {n for n, p in P.REGISTRY.items() if p.guided} == {"cutout", "context_masking", "object_masking"}
     assert set(P.functions.BUILDERS) == set(PERTURBATIONS)
-    for public in ("feature_noise", "feature_drop", "dropout", "guided_cutout", "context_masking",
-                   "object_masking", "vat"):
+    for public in (
+        "feature_noise",
+        "feature_drop",
+        "dropout",
+        "guided_cutout",
+        "context_masking",
+        "object_masking",
+        "vat",
+    ):
         assert callable(getattr(P, public))
 
 

@@ -30,12 +30,15 @@ def _v2_reference(config: DataConfig, image_size: int):
 
     base = config.base_size or image_size
     lo, hi = config.scale_range
-    steps = [RandomLongSideResize(int(base * lo), int(base * hi)),
-             v2.RandomCrop(config.crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})]
+    steps = [
+        RandomLongSideResize(int(base * lo), int(base * hi)),
+        v2.RandomCrop(config.crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+    ]
     if config.flip:
         steps.append(v2.RandomHorizontalFlip())
-    pipeline = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.485, 0.456, 0.406),
-                                                                                        (0.229, 0.224, 0.225))])
+    pipeline = v2.Compose(
+        [*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    )
 
     def apply(image: np.ndarray, mask: np.ndarray, seed: int):
         torch.manual_seed(seed)
@@ -55,12 +58,15 @@ def _scene(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-@pytest.mark.parametrize("h, w, crop, scale, base, flip", [
-    (64, 64, 48, (0.75, 1.5), None, True),  # the embedded default
-    (64, 64, 32, (0.5, 0.6), None, True),  # downscaled below the crop: padding
-    (48, 80, 40, (0.5, 2.0), 60, True),  # landscape, base_size
-    (90, 50, 64, (1.0, 1.0), None, False),  # portrait, no rescale, no flip
-])
+@pytest.mark.parametrize(
+    "h, w, crop, scale, base, flip",
+    [
+        (64, 64, 48, (0.75, 1.5), None, True),  # the embedded default
+        (64, 64, 32, (0.5, 0.6), None, True),  # downscaled below the crop: padding
+        (48, 80, 40, (0.5, 2.0), 60, True),  # landscape, base_size
+        (90, 50, 64, (1.0, 1.0), None, False),  # portrait, no rescale, no flip
+    ],
+)
 def test_training_crops_equal_torchvision_v2_on_the_same_seeds(h, w, crop, scale, base, flip):
     config = DataConfig(crop_size=crop, scale_range=scale, base_size=base, flip=flip)
     ours, reference = train_transform(config, max(h, w)), _v2_reference(config, max(h, w))
@@ -93,5 +99,6 @@ def test_normalize_is_imagenet_normalisation_of_scaled_pixels():
     image = torch.tensor([[[0, 255]], [[128, 64]], [[255, 0]]], dtype=torch.uint8)
     out = normalize()(image)
     expected = (image.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(3, 1, 1)
+        [0.229, 0.224, 0.225]
+    ).view(3, 1, 1)
     torch.testing.assert_close(out, expected)

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cct import IGNORE_INDEX, losses
 from cct.config import CamModelConfig, CamRunConfig, ConfigError, from_dict
@@ -60,7 +59,9 @@ def test_cam_maps_restricted_to_classes_normalised_and_flip_equivariant():
 
 
 def test_foreground_labels_need_image_labels_and_background_zero():
-    source = Source("toy", ["a"], ("bg", "x"), [0], arrays=(np.zeros((1, 4, 4, 3), np.uint8), np.zeros((1, 4, 4), np.uint8)))
+    source = Source(
+        "toy", ["a"], ("bg", "x"), [0], arrays=(np.zeros((1, 4, 4, 3), np.uint8), np.zeros((1, 4, 4), np.uint8))
+    )
     with pytest.raises(ConfigError, match="no image-level labels"):
         foreground_labels(source)
     source.image_labels = np.ones((1, 1), dtype=bool)
@@ -75,8 +76,9 @@ def test_foreground_labels_need_image_labels_and_background_zero():
 
 def test_threshold_rule_on_hand_made_cams():
     # pixels:          0     1     2     3      4     5     6
-    cams = np.array([[0.90, 0.20, 0.04, 0.30, 0.05, 0.31, 0.60],
-                     [0.50, 0.35, 0.01, 0.10, 0.02, 0.31, 0.70]])[:, None, :]  # (2 classes, 1, 7)
+    cams = np.array([[0.90, 0.20, 0.04, 0.30, 0.05, 0.31, 0.60], [0.50, 0.35, 0.01, 0.10, 0.02, 0.31, 0.70]])[
+        :, None, :
+    ]  # (2 classes, 1, 7)
     label = pseudo_label(cams, np.array([3, 7]), fg_threshold=0.30, bg_threshold=0.05)
     assert label.shape == (1, 7)
     # 0: class 3 wins; 1: class 7 above fg; 2: all <= bg -> background; 3: max exactly at fg -> ignored;
@@ -93,7 +95,11 @@ def _perfect_cams(source: Source, directory) -> None:
     for i, image_id in enumerate(source.ids):
         mask = source.load(i)[1]
         classes = np.flatnonzero(labels[i]) + 1
-        cams = np.stack([(mask == c) for c in classes]).astype(np.uint8) * 255 if len(classes) else np.zeros((0, *mask.shape), np.uint8)
+        cams = (
+            np.stack([(mask == c) for c in classes]).astype(np.uint8) * 255
+            if len(classes)
+            else np.zeros((0, *mask.shape), np.uint8)
+        )
         np.savez_compressed(directory / f"{image_id}.npz", classes=classes, cams=cams)
 
 
@@ -142,7 +148,9 @@ def test_with_pseudo_labels_replaces_masks_of_the_given_images(tmp_path):
     assert (pseudo.load(1)[1] == 2).all() and (pseudo.load(2)[1] == 0).all()
     assert (pseudo.load(0)[1] == IGNORE_INDEX).all()  # not an unlabelled image: nothing to learn
     assert (source.load(1)[1] == 1).all()  # the original is untouched
-    with pytest.raises(ConfigError, match=r"weak.pseudo_labels: 1 unlabelled image\(s\) have no pseudo label, e.g. .*x0.png"):
+    with pytest.raises(
+        ConfigError, match=r"weak.pseudo_labels: 1 unlabelled image\(s\) have no pseudo label, e.g. .*x0.png"
+    ):
         with_pseudo_labels(source, tmp_path, [0, 1])
     with pytest.raises(ConfigError, match="not a directory"):
         with_pseudo_labels(source, tmp_path / "nope", [1])
@@ -161,7 +169,13 @@ def test_weak_loss_matches_hand_computation():
     t = target.numpy()
     per_decoder = []
     for n in range(3):
-        values = [-log_p[b, n, t[b, i, j], i, j] for b in range(2) for i in range(2) for j in range(5) if t[b, i, j] != IGNORE_INDEX]
+        values = [
+            -log_p[b, n, t[b, i, j], i, j]
+            for b in range(2)
+            for i in range(2)
+            for j in range(5)
+            if t[b, i, j] != IGNORE_INDEX
+        ]
         per_decoder.append(np.mean(values))
     assert float(losses.weak_loss(logits, target)) == pytest.approx(np.mean(per_decoder), rel=1e-10)
 
@@ -195,8 +209,16 @@ def test_training_with_pseudo_labels_logs_the_weak_loss_and_changes_the_run(tmp_
     from cct.train import train
 
     pseudo = _truth_as_pseudo(tmp_path)
-    common = ["train.iterations=4", "train.eval_interval=4", "train.batch_size_labeled=2", "train.batch_size_unlabeled=2",
-              "model.width=8", "data.n_labeled=10", "train.progress=false", "loss.rampup=0"]
+    common = [
+        "train.iterations=4",
+        "train.eval_interval=4",
+        "train.batch_size_labeled=2",
+        "train.batch_size_unlabeled=2",
+        "model.width=8",
+        "data.n_labeled=10",
+        "train.progress=false",
+        "loss.rampup=0",
+    ]
     weak = train(from_dict({}, common + [f"weak.pseudo_labels={pseudo}"]), tmp_path / "weak")
     plain = train(from_dict({}, common), tmp_path / "plain")
     assert weak["n_weak"] == weak["n_unlabeled"] == 990 and plain["n_weak"] == 0
@@ -235,20 +257,53 @@ def test_weak_loss_on_native_layout_equals_image_layout():
 @pytest.mark.slow
 def test_cam_commands_end_to_end(tmp_path):
     out = tmp_path / "cam"
-    proc = run_cct("cam", "train", "--set", "train.iterations=20", "train.batch_size=4", "model.width=8", "--out", str(out), timeout=300)
+    proc = run_cct(
+        "cam",
+        "train",
+        "--set",
+        "train.iterations=20",
+        "train.batch_size=4",
+        "model.width=8",
+        "--out",
+        str(out),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 <= metrics["val_label_accuracy"] <= 100 and metrics["iterations"] == 20 and metrics["config"]["train"]["seed"] == 0
-    proc = run_cct("cam", "infer", "--checkpoint", str(out / "checkpoint.pt"), "--set", "infer.scales=[1.0]",
-                   "--out", str(tmp_path / "cams"), timeout=300)
+    assert (
+        0 <= metrics["val_label_accuracy"] <= 100
+        and metrics["iterations"] == 20
+        and metrics["config"]["train"]["seed"] == 0
+    )
+    proc = run_cct(
+        "cam",
+        "infer",
+        "--checkpoint",
+        str(out / "checkpoint.pt"),
+        "--set",
+        "infer.scales=[1.0]",
+        "--out",
+        str(tmp_path / "cams"),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     source = load_source(from_dict({}).data, "train")
     labels = foreground_labels(source)
     classes, cams = read_cams(tmp_path / "cams" / f"{source.ids[3]}.npz")
     assert classes.tolist() == (np.flatnonzero(labels[3]) + 1).tolist()  # only the image's own classes
     assert cams.shape == (len(classes), 64, 64)
-    proc = run_cct("pseudo-labels", "--checkpoint", str(out / "checkpoint.pt"), "--cams", str(tmp_path / "cams"),
-                   "--out", str(tmp_path / "pseudo"), "--summary", str(tmp_path / "summary.json"), timeout=300)
+    proc = run_cct(
+        "pseudo-labels",
+        "--checkpoint",
+        str(out / "checkpoint.pt"),
+        "--cams",
+        str(tmp_path / "cams"),
+        "--out",
+        str(tmp_path / "pseudo"),
+        "--summary",
+        str(tmp_path / "summary.json"),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "pseudo").glob("*.png"))) == 1000
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -31,7 +31,7 @@ import torch.nn as nn
 import cct
 from cct import distributed, host
 from cct.config import ConfigError, from_dict
-from cct.io import atomic_torch_save
+from cct.io import atomic_torch_save, first_line, read_checkpoint
 
 log = logging.getLogger("cct.engine")
 
@@ -198,27 +198,6 @@ class LossLog:
 
 # --------------------------------------------------------------------------------------------------
 # The checkpoint of a `cct train` run
-
-
-def read_checkpoint(path: str | Path, what: str = "--checkpoint", kind: str = "cct checkpoint") -> dict:
-    """``torch.load`` of a checkpoint file (weights only: no code runs from it); ConfigError naming
-    ``what`` and the file when it is missing or not a ``kind``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what}: file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # foreign files raise many types (UnpicklingError, EOFError, RuntimeError, ...)
-        raise ConfigError(f"{what}: {path} is not a {kind} ({first_line(exc)})") from exc
-    if not isinstance(state, dict):
-        raise ConfigError(f"{what}: {path} is not a {kind} (it holds a {type(state).__name__})")
-    return state
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when the message is empty."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict, domains: dict[str, dict]) -> None:

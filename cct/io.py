@@ -1,4 +1,4 @@
-"""Atomic file output: a killed job never leaves a half-written result behind."""
+"""Files: atomic output (a killed job never leaves a half-written result behind) and checkpoint input."""
 
 from __future__ import annotations
 
@@ -50,3 +50,28 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch  # here: the embedded data writer and the config writer need no torch
 
     _atomic(path, lambda h: torch.save(obj, h))
+
+
+def read_checkpoint(path: str | Path, what: str = "--checkpoint", kind: str = "cct checkpoint") -> dict:
+    """``torch.load`` of a checkpoint file (weights only: no code runs from it); ConfigError naming
+    ``what`` and the file when it is missing or not a ``kind``."""
+    import torch
+
+    from cct.config import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what}: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # foreign files raise many types (UnpicklingError, EOFError, RuntimeError, ...)
+        raise ConfigError(f"{what}: {path} is not a {kind} ({first_line(exc)})") from exc
+    if not isinstance(state, dict):
+        raise ConfigError(f"{what}: {path} is not a {kind} (it holds a {type(state).__name__})")
+    return state
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

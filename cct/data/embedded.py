@@ -9,7 +9,10 @@ domains share part of their label space:
 
 - domain ``a`` ("daylight"): light backgrounds, 8 classes;
 - domain ``b`` ("night"): dark noisy backgrounds, objects with a contrasting rim, 8 classes of which
-  4 (hstripes, vstripes, checker, dots) are shared with ``a``.
+  4 (hstripes, vstripes, checker, dots) are shared with ``a``;
+- domain ``p`` ("pretraining"): either look, 8 textures of which none is a class of ``a`` (4 are
+  ``b``'s own): the data of the encoder the workflow pretrains once, the embedded benchmark's stand-in
+  for the paper's ImageNet (another image collection, other classes).
 
 Class 0 is background in both. Image-level labels (which classes occur) come with every image.
 Rasterisation is written by hand (PIL polygons): no library generates labelled scenes like these.
@@ -32,12 +35,14 @@ from PIL import Image, ImageDraw, ImageFilter
 
 TEXTURES_A = ("solid", "hstripes", "vstripes", "checker", "dots", "grid", "rings", "crosshatch")
 TEXTURES_B = ("hstripes", "vstripes", "checker", "dots", "zigzag", "bricks", "speckle", "diamonds")
-DOMAINS = {"a": TEXTURES_A, "b": TEXTURES_B}
+# the pretraining domain: 8 textures none of which is a class of domain a (see the module docstring)
+TEXTURES_P = ("zigzag", "bricks", "speckle", "diamonds", "dstripes", "waves", "triangles", "plaid")
+DOMAINS = {"a": TEXTURES_A, "b": TEXTURES_B, "p": TEXTURES_P}
 OUTLINES = ("disk", "square", "triangle", "hexagon", "ellipse")
 SPLIT_SIZES = {"train": 1000, "val": 200}
 IMAGE_SIZE = 64
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003}
-_DOMAIN_OFFSET = {"a": 0, "b": 7_919}
+_DOMAIN_OFFSET = {"a": 0, "b": 7_919, "p": 15_881}
 FORMAT = 1
 """Version of the scenes: bump it when the generator changes, so that files written before are refused."""
 
@@ -121,6 +126,14 @@ def texture(name: str, size: int, period: float, phase: tuple[float, float], cen
         return np.kron(cells, np.ones((2, 2), dtype=bool))[:size, :size]
     if name == "diamonds":
         return (frac((u + v) / 1.4) < 0.5) ^ (frac((u - v) / 1.4) < 0.5)
+    if name == "dstripes":
+        return frac((u + v) / 1.4) < 0.5
+    if name == "waves":
+        return frac(v + 0.25 * np.sin(2 * math.pi * u)) < 0.5
+    if name == "triangles":
+        return frac(v) < frac(u)
+    if name == "plaid":
+        return (frac(u) < 0.2) ^ (frac(v * 1.5) < 0.2)
     raise ValueError(name)
 
 
@@ -161,7 +174,8 @@ def _object_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.
 def render_scene(rng: np.random.Generator, domain: str, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """One scene: image uint8 (H, W, 3) and mask uint8 (H, W) with values in [0, 8]."""
     textures = DOMAINS[domain]
-    img = _background(rng, domain, size)
+    style = domain if domain != "p" else ("a" if rng.random() < 0.5 else "b")  # p: either domain's look
+    img = _background(rng, style, size)
     mask = np.zeros((size, size), dtype=np.uint8)
     n_objects = int(rng.choice([2, 3, 3, 4]))
     for _ in range(n_objects):
@@ -179,7 +193,7 @@ def render_scene(rng: np.random.Generator, domain: str, size: int = IMAGE_SIZE) 
         pattern = texture(textures[cls], size, rng.uniform(4.0, 7.0), tuple(rng.uniform(0, 8, 2)), (cx, cy), rng)
         fill = np.where(pattern[..., None], second, colour)
         fill = np.clip(fill + rng.normal(0, 0.02, (size, size, 3)), 0, 1)
-        if domain == "b":  # a contrasting rim: the style of the second domain
+        if style == "b":  # a contrasting rim: the style of the second domain
             eroded = np.asarray(layer.filter(ImageFilter.MinFilter(3))) > 127
             fill = np.where((inside & ~eroded)[..., None], 1.0 - colour, fill)
         img = np.where(inside[..., None], fill, img)

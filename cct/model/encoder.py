@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cct.config import ConfigError
+from cct.io import first_line, read_checkpoint
 
 
 class PSPModule(nn.Module):
@@ -149,20 +150,23 @@ class SmallEncoder(nn.Module):
         return self.psp(self.backbone(x))
 
 
-def load_encoder_checkpoint(encoder: nn.Module, path: str) -> None:
-    """Initialise ``encoder`` from a ``cct train`` checkpoint (its ``encoder.*`` weights): how the
-    embedded benchmark stands in for ImageNet pretraining (an encoder trained on the other domain)."""
+def load_encoder_checkpoint(encoder: nn.Module, path: str, parts: tuple[str, ...] | None = None) -> None:
+    """Initialise ``encoder`` from a ``cct train`` checkpoint (its ``encoder.*`` weights, or only the
+    submodules ``parts``, e.g. ``("backbone",)`` for a network without the PSP module): how the
+    embedded benchmark stands in for ImageNet pretraining (an encoder trained by the workflow)."""
     if not Path(path).is_file():
         raise ConfigError(
             f"model.pretrained: checkpoint not found: {path}; for the small encoder give the checkpoint.pt of a "
             "`cct train` run with the same model.width and model.output_stride"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, "model.pretrained")
     weights = {k[len("encoder.") :]: v for k, v in state.get("model", state).items() if k.startswith("encoder.")}
+    if parts is not None:
+        weights = {k: v for k, v in weights.items() if k.split(".", 1)[0] in parts}
     try:
         encoder.load_state_dict(weights)
     except RuntimeError as exc:
-        raise ConfigError(f"model.pretrained: {path} does not fit this encoder ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"model.pretrained: {path} does not fit this encoder ({first_line(exc)})") from exc
 
 
 def build_encoder(name: str, pretrained: bool | str, output_stride: int, width: int, psp: bool) -> nn.Module:

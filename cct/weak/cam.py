@@ -32,8 +32,8 @@ from cct.config import CamModelConfig, CamRunConfig, ConfigError, save_config
 from cct.data.base import Source, load_source
 from cct.data.loader import AugmentedDataset, IterationBatchSampler
 from cct.data.transforms import normalize, to_tensors, train_transform
-from cct.io import atomic_torch_save, atomic_write_json
-from cct.model.encoder import SmallEncoder, resnet_backbone
+from cct.io import atomic_torch_save, atomic_write_json, first_line, read_checkpoint
+from cct.model.encoder import SmallEncoder, load_encoder_checkpoint, resnet_backbone
 
 log = logging.getLogger("cct.cam")
 
@@ -46,8 +46,12 @@ class CamNet(nn.Module):
         super().__init__()
         if config.encoder == "small":
             if config.pretrained is True:
-                raise ConfigError("model.pretrained: the small encoder has no ImageNet weights; use false")
+                raise ConfigError(
+                    "model.pretrained: the small encoder has no ImageNet weights; give a cct checkpoint path or false"
+                )
             self.backbone = SmallEncoder(config.width, config.output_stride, psp=False)
+            if config.pretrained:  # a `cct train` checkpoint: its encoder's backbone (no PSP here)
+                load_encoder_checkpoint(self.backbone, config.pretrained, parts=("backbone",))
             channels = self.backbone.out_channels
             self.frozen_bn = False
         else:
@@ -197,14 +201,14 @@ def load_cam(path: str | Path) -> tuple[CamNet, CamRunConfig]:
     """(model in eval mode, its config) from a ``cct cam train`` checkpoint."""
     from cct.config import from_dict
 
-    state = engine.read_checkpoint(path, kind="cct CAM checkpoint")
+    state = read_checkpoint(path, kind="cct CAM checkpoint")
     try:
         config = from_dict(state["config"], kind=CamRunConfig)
         config.model.pretrained = False  # the checkpoint holds the weights
         model = CamNet(config.model, len(state["class_names"]) - 1)
         model.load_state_dict(state["model"])
     except Exception as exc:  # foreign files raise many types
-        raise ConfigError(f"--checkpoint: {path} is not a cct CAM checkpoint ({engine.first_line(exc)})") from exc
+        raise ConfigError(f"--checkpoint: {path} is not a cct CAM checkpoint ({first_line(exc)})") from exc
     return model.eval(), config
 
 

@@ -186,7 +186,8 @@ def test_run_config_merge_order():
     tree = grid.run_config(config, run, "L.txt", "U.txt")
     assert tree["train"] == {"iterations": 300, "eval_interval": 50, "mode": "semi", "seed": 4}
     assert tree["data"] == {"dataset": "embedded", "domain": "b", "n_labeled": 20, "split_seed": 1,
-                            "labeled_list": "L.txt", "unlabeled_list": "U.txt"}
+                            "labeled_list": "L.txt", "unlabeled_list": "U.txt",
+                            "root": "results/data/embedded"}  # the scenes the workflow writes once
     # the base config's aux count is the one the ablation keeps
     assert tree["model"]["aux"] == {p: (3 if p == "dropout" else 0) for p in PERTURBATIONS}
     lf = grid.run_config(config, Run("embedded", "label_fraction", "cct", 10, 0, 0))

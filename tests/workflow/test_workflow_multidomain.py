@@ -75,11 +75,13 @@ def test_joint_run_config_follows_the_package_contract():
     config["datasets"]["b"]["cct"]["data"]["crop_size"] = 32  # data keys may differ per dataset
     joint = grid.workflow_run_config(config, Run("ab", MD, "joint_cct", 50, 0, 1))
     assert joint["data"] == {
-        "dataset": "embedded", "domain": "a", "name": "a", "n_labeled": 50, "split_seed": 0,
+        "dataset": "embedded", "domain": "a", "root": "results/data/embedded", "name": "a", "n_labeled": 50,
+        "split_seed": 0,
         "labeled_list": "results/splits/a/50/split0/labeled.txt",
         "unlabeled_list": "results/splits/a/50/split0/unlabeled.txt"}
     assert joint["extra_domains"] == [{
-        "dataset": "embedded", "domain": "b", "crop_size": 32, "name": "b", "n_labeled": 50, "split_seed": 0,
+        "dataset": "embedded", "domain": "b", "crop_size": 32, "root": "results/data/embedded", "name": "b",
+        "n_labeled": 50, "split_seed": 0,
         "labeled_list": "results/splits/b/50/split0/labeled.txt",
         "unlabeled_list": "results/splits/b/50/split0/unlabeled.txt"}]
     # model/loss/optim/train: the first member's and the setting's, plus the method and seed, like CCT alone

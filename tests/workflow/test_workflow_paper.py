@@ -237,7 +237,8 @@ def test_multidomain_without_a_root_stops_naming_the_dataset(workdir, multidomai
 def test_data_root_leaves_the_embedded_dataset_alone():
     config = merged({"data_root": "/data"})
     run = grid.check_config(config)[0]
-    assert "root" not in grid.workflow_run_config(config, run)["data"]
+    # data_root is the real datasets': the embedded one reads the scenes the workflow writes
+    assert grid.workflow_run_config(config, run)["data"]["root"] == f"{config['results']}/data/embedded"
     assert copy.deepcopy(config)["data_root"] == "/data"
 
 

@@ -49,7 +49,7 @@ def test_cct_weak_reads_its_seeds_pseudo_labels_and_is_cct_otherwise():
     assert weak["weak"] == {"pseudo_labels": "results/weak/emb/seed1/pseudo_labels"}
     assert {k: v for k, v in weak.items() if k != "weak"} == cct
     cam = weak_labels.cam_config(config, "emb", 1)
-    assert cam == {"data": {"dataset": "embedded"}, "train": {"seed": 1}}
+    assert cam == {"data": {"dataset": "embedded", "root": "results/data/embedded"}, "train": {"seed": 1}}
 
 
 def test_cam_overrides_merge_setting_then_dataset():

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from cct import methods
 from cct.model.perturbations import REGISTRY
+from planner.layout import Layout
 from planner.vocabulary import METHOD_ORDER, SETTINGS, setting_of
 
 # The paper's auxiliary decoder counts (2 vat, 6 dropout, 6 cutout, 2 context_masking, 2 object_masking,
@@ -118,14 +119,30 @@ def label_counts_for(config: Mapping[str, Any], setting: str, dataset: str) -> l
 
 
 def dataset_cct(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """``cct`` merged with ``datasets.<dataset>.cct``; a real dataset (not ``embedded``) whose
-    ``data.root`` is unset takes the top-level ``data_root`` (``--config data_root=/path``)."""
+    """``cct`` merged with ``datasets.<dataset>.cct``, then what the workflow prepares for it
+    (:mod:`planner.prepare`): a real dataset (not ``embedded``) whose ``data.root`` is unset takes the
+    top-level ``data_root`` (``--config data_root=/path``), an embedded one the folder of the scenes
+    the workflow writes once; ``datasets.<dataset>.pretrained`` sets ``model.pretrained`` to that
+    encoder's checkpoint."""
     tree = deep_merge(config.get("cct"), config["datasets"][dataset].get("cct"))
     data = tree.get("data") or {}
     real = data.get("dataset", "embedded") != "embedded"
     if config.get("data_root") is not None and real and data.get("root") is None:
         tree = deep_merge(tree, {"data": {"root": str(config["data_root"])}})
+    encoder = config["datasets"][dataset].get("pretrained")
+    if encoder is not None:
+        tree = deep_merge(tree, {"model": {"pretrained": Layout.of(config).pretrained_file("checkpoint.pt", encoder)}})
+    tree["data"] = with_embedded_root(config, tree.get("data"))
     return tree
+
+
+def with_embedded_root(config: Mapping[str, Any], data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A data section, reading the embedded scenes the workflow writes once when it is embedded
+    without a root (the same bytes a run would generate, without its 12 s)."""
+    data = dict(data or {})
+    if data.get("dataset", "embedded") == "embedded" and data.get("root") is None:
+        data["root"] = Layout.of(config).embedded_dir()
+    return data
 
 
 def base_cct(config: Mapping[str, Any], dataset: str, setting: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from planner import multi_domain, weak_labels
+from planner import multi_domain, prepare, weak_labels
 from planner.configs import (
     GRID_KEYS,
     GridError,
@@ -221,6 +221,7 @@ def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] 
         except ValueError as exc:
             raise GridError(f"{where}: {exc}") from exc
     weak_labels.check(config, runs, validate_cam)
+    prepare.check(config, sorted({d for run in runs for d in run_domains(config, run)}), validate_cct)
     return runs
 
 

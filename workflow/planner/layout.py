@@ -6,6 +6,8 @@ Everything the workflow writes lies under the config's ``results`` folder:
     splits/{dataset}/dataset.yaml                                        what `cct splits` reads
     splits/{dataset}/{labels}/split{split}/{labeled,unlabeled}.txt       a split draw's lists
     weak/{dataset}/seed{seed}/                                           a weak-label pipeline
+    data/embedded/embedded-{domain}-{split}.npz                          the embedded scenes, written once
+    pretrained/{name}/                                                   an encoder pretrained by the workflow
     resume/<run>/, resume/weak/{dataset}/seed{seed}/                     resumable training state
     benchmarks/<rule>/<key>.tsv, logs/<rule>/<key>.log                   per job
     tables/<name>.<ext>, plots/<name>.<ext>                              the analysis' outputs
@@ -142,6 +144,23 @@ class Layout:
 
     def weak_resume_dir(self, dataset: Any = "{dataset}", seed: Any = "{seed}") -> str:
         return f"{self.results}/resume/weak/{weak_key(dataset, seed)}"
+
+    # what is prepared once for many runs (planner.prepare)
+    def embedded_dir(self) -> str:
+        return f"{self.results}/data/embedded"
+
+    def embedded_files(self, domain: Any = "{domain}") -> list[str]:
+        """The files ``cct embedded --domain <domain>`` writes (its train and val scenes; their names
+        are the package's, :func:`cct.data.embedded.cache_file`)."""
+        from cct.data.embedded import SPLIT_SIZES, cache_file
+
+        return [str(cache_file(self.embedded_dir(), split, domain)) for split in SPLIT_SIZES]
+
+    def pretrained_file(self, name: str, encoder: Any = "{name}") -> str:
+        return f"{self.results}/pretrained/{encoder}/{name}"
+
+    def pretrained_resume_dir(self, encoder: Any = "{name}") -> str:
+        return f"{self.results}/resume/pretrained/{encoder}"
 
     # the analysis' outputs
     def table(self, name: str = "{setting}", ext: str = "csv") -> str:

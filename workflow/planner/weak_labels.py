@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping
 
 from cct.methods import METHODS
-from planner.configs import GridError, deep_merge, get_key, split_config
+from planner.configs import GridError, dataset_cct, deep_merge, get_key, split_config
 from planner.layout import Layout, Run
 
 
@@ -38,10 +38,13 @@ def pipelines(runs: Iterable[Run]) -> list[tuple[str, int]]:
 
 def cam_config(config: Mapping[str, Any], dataset: str, seed: int | str) -> dict[str, Any]:
     """The CAM config (cct.config.CamRunConfig overrides) of a dataset and training seed: the
-    dataset's data section (without training-only keys), ``settings.weak_labels.cam``,
-    ``datasets.<dataset>.cam``, and the seed."""
+    dataset's data section (without training-only keys), the encoder its runs start from (its
+    backbone initialises the CAM classifier's, as the paper's CAM network starts from ImageNet
+    weights), ``settings.weak_labels.cam``, ``datasets.<dataset>.cam``, and the seed."""
+    pretrained = get_key(dataset_cct(config, dataset), "model.pretrained")[1]
     return deep_merge(
         split_config(config, dataset),
+        {"model": {"pretrained": pretrained}} if isinstance(pretrained, str) else None,
         config["settings"].get("weak_labels", {}).get("cam"),
         config["datasets"][dataset].get("cam"),
         {"train": {"seed": int(seed)}},

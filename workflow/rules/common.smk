@@ -37,7 +37,7 @@ shell.prefix(
     + "${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 
-from planner import configs, grid, multi_domain, weak_labels
+from planner import configs, grid, multi_domain, prepare, weak_labels
 from planner.configs import enabled_settings
 from planner.layout import RUN, Layout, Run, split_key, weak_key
 from planner.vocabulary import METHOD_ORDER, SETTINGS
@@ -77,6 +77,8 @@ wildcard_constraints:
     labels=r"\d+",
     split=r"\d+",
     seed=r"\d+",
+    domain=r"[A-Za-z0-9]+",
+    name=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
 def threads_of(kind):
@@ -143,6 +145,19 @@ def run_cct_config(wildcards):
     return grid.workflow_run_config(config, Run.from_wildcards(wildcards))
 
 
+def run_prepared(wildcards):
+    """What the workflow prepares that a run reads: embedded scenes, a pretrained encoder."""
+    return prepare.inputs(config, run_cct_config(wildcards))
+
+
+def split_prepared(wildcards):
+    return prepare.inputs(config, configs.split_config(config, wildcards.dataset))
+
+
+def cam_prepared(wildcards):
+    return prepare.inputs(config, weak_labels.cam_config(config, wildcards.dataset, wildcards.seed))
+
+
 def run_lists(wildcards):
     """The split lists a run trains on: its dataset's, or every member's (a joint run)."""
     lists = grid.run_split_lists(config, Run.from_wildcards(wildcards))
@@ -190,6 +205,7 @@ def weak_figure_inputs(wildcards):
     run = min(r for r in TRAINED if r.dataset == wildcards.dataset and weak_labels.needs_pseudo_labels(r.method))
     paths = L.weak_paths(run.dataset, run.seed)
     return {
+        "prepared": prepare.inputs(config, weak_labels.cam_config(config, run.dataset, run.seed)),
         "cam_config": paths["config"],
         "cams": paths["cams"],
         "pseudo": paths["pseudo_labels"],

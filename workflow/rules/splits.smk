@@ -21,6 +21,7 @@ rule splits:
     input:
         config=rules.split_config.output[0],
         lists=user_lists,
+        prepared=split_prepared,
     output:
         **L.split_lists(),
     log:

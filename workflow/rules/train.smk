@@ -37,6 +37,7 @@ rule train:
         config=rules.run_config.output[0],
         lists=run_lists,
         weak=weak_inputs,
+        prepared=run_prepared,
     output:
         metrics=L.run_file("metrics.json"),
         config=L.run_file("config.yaml"),

@@ -26,6 +26,7 @@ rule cam_config:
 rule cam_train:
     input:
         config=rules.cam_config.output[0],
+        prepared=cam_prepared,
     output:
         checkpoint=f"{WEAK_PATHS['cam']}/checkpoint.pt",
         metrics=f"{WEAK_PATHS['cam']}/metrics.json",
@@ -51,6 +52,7 @@ rule cam_train:
 rule cam_infer:
     input:
         checkpoint=rules.cam_train.output.checkpoint,
+        prepared=cam_prepared,
     output:
         directory(WEAK_PATHS["cams"]),
     log:
@@ -70,6 +72,7 @@ rule pseudo_labels:
     input:
         cams=rules.cam_infer.output[0],
         checkpoint=rules.cam_train.output.checkpoint,
+        prepared=cam_prepared,
     output:
         labels=directory(WEAK_PATHS["pseudo_labels"]),
         summary=WEAK_PATHS["summary"],

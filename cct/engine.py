@@ -64,19 +64,32 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup(device: str, threads: int) -> distributed.Context:
+def setup(device: str, threads: int, compiled: bool = False) -> distributed.Context:
     """Set up this process for training: ``threads`` intra-op threads; on CUDA cuDNN's autotuner (speed
     over bitwise reproducibility); on the CPU deterministic algorithms (a fixed seed gives identical
     metrics) and freed memory kept on the heap (:mod:`cct.host`). Under torchrun, the process group
-    and this rank's device (:mod:`cct.distributed`). Returns the process's context."""
+    and this rank's device (:mod:`cct.distributed`). ``compiled``: the run uses torch.compile. Returns
+    the process's context."""
     torch.set_num_threads(threads)
     ctx = distributed.setup(pick_device(device).type)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
-        torch.use_deterministic_algorithms(True)
+        _deterministic(compiled)
         host.keep_freed_memory()
     return ctx
+
+
+def _deterministic(compiled: bool) -> None:
+    """``torch.use_deterministic_algorithms(True)``. Its public form also sets the flag of
+    torch.compile's generated code, importing ``torch._inductor.config`` (900 modules, 2.4 s of every
+    run's start on this machine); without torch.compile only the flag of the eager kernels is
+    needed, which is what it sets in ``torch._C``."""
+    eager_only = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if compiled or eager_only is None:
+        torch.use_deterministic_algorithms(True)
+    else:
+        eager_only(True, warn_only=False)
 
 
 def iteration_seed(seed: int, iteration: int) -> int:

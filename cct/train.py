@@ -141,7 +141,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
     from tqdm import tqdm
 
     out_dir, tc, oc = Path(out_dir), config.train, config.optim
-    ctx = engine.setup(tc.device, tc.threads)
+    ctx = engine.setup(tc.device, tc.threads, compiled=tc.compile)
     device, main, semi, weak = ctx.device, ctx.is_main, tc.mode == "semi", config.weak.pseudo_labels is not None
     domains = load_domains(config)
     check_run(config, domains, ctx.world_size)

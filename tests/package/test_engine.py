@@ -1,0 +1,75 @@
+"""The training engine (cct/engine.py): set-up, per-step seeding, the poly schedule, the loss log's
+NaN guard, the resume state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cct import engine
+
+
+def test_setup_on_the_cpu_is_deterministic_without_importing_the_compiler():
+    code = ("import sys, torch; from cct import engine; engine.setup('cpu', 1); "
+            "assert torch.are_deterministic_algorithms_enabled(); "
+            "assert not torch.is_deterministic_algorithms_warn_only_enabled(); "
+            "assert 'torch._inductor.config' not in sys.modules, 'imported torch._inductor (seconds per run)'; "
+            "assert 'torchvision' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_seed_step_fixes_the_cpu_generator_and_leaves_no_lazy_accelerator_seeding():
+    engine.seed_step(3, 7, torch.device("cpu"))
+    a = torch.rand(5)
+    engine.seed_step(3, 7, torch.device("cpu"))
+    b = torch.rand(5)
+    engine.seed_step(3, 8, torch.device("cpu"))
+    c = torch.rand(5)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # the same stream as torch.manual_seed of the iteration's seed (what the trainer did before)
+    torch.manual_seed(engine.iteration_seed(3, 7))
+    assert torch.equal(torch.rand(5), a)
+
+
+def test_poly_schedule_scales_every_group_from_its_own_base_rate():
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.SGD([{"params": [params[0]]}, {"params": [params[1]]}], lr=1.0)
+    engine.set_poly_lr(optimizer, [0.1, 1.0], 50, 100, 0.9)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1 * 0.5**0.9, 0.5**0.9])
+    engine.set_poly_lr(optimizer, [0.1, 1.0], 0, 100, 0.9)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 1.0]
+
+
+def test_loss_log_reads_means_at_its_interval_and_stops_a_diverged_run():
+    log = engine.LossLog(every=2, total=5, hint="lower optim.lr")
+    assert log.add({"loss": torch.tensor(1.0)}, 1) is None
+    assert log.add({"loss": torch.tensor(3.0)}, 2) == {"loss": 2.0}
+    assert log.add({"loss": torch.tensor(5.0)}, 3) is None
+    assert log.add({"loss": torch.tensor(7.0)}, 4) == {"loss": 6.0}
+    assert log.add({"loss": torch.tensor(9.0)}, 5) == {"loss": 9.0}  # the last step reads too
+    log = engine.LossLog(every=2, total=4, hint="lower optim.lr")
+    log.add({"loss": torch.tensor(float("nan"))}, 1)
+    with pytest.raises(FloatingPointError, match=r"before iteration 2; lower optim\.lr"):
+        log.add({"loss": torch.tensor(1.0)}, 2)
+
+
+def test_resume_state_restores_a_run_of_the_same_config_only(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    state = engine.ResumeState(tmp_path, {"train": {"seed": 0}})
+    state.save(model, optimizer, 7, [{"iteration": 5}])
+    fresh = torch.nn.Linear(2, 2)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    assert engine.ResumeState(tmp_path, {"train": {"seed": 0}}).load(fresh, fresh_opt, torch.device("cpu")) == (
+        7, [{"iteration": 5}])
+    assert torch.equal(fresh.weight, model.weight)
+    other = torch.nn.Linear(2, 2)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    start = engine.ResumeState(tmp_path, {"train": {"seed": 1}}).load(other, other_opt, torch.device("cpu"))
+    assert start == (0, [])  # another config: not resumed

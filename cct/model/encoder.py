@@ -62,9 +62,14 @@ def load_pretrained(backbone: nn.Module, name: str, pretrained: bool | str) -> N
         path, how = Path(pretrained), "give model.pretrained as the path of a torchvision ResNet state dict"
     if not path.is_file():
         raise ConfigError(f"model.pretrained: weights file not found: {path}; {how}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    from cct.engine import first_line, read_checkpoint
+
+    state = read_checkpoint(path, "model.pretrained", f"{name} state dict")
+    state = {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith("fc."))}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError) as exc:  # shapes that do not fit
+        raise ConfigError(f"model.pretrained: {path} does not match {name} ({first_line(exc)})") from exc
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ConfigError(
@@ -157,12 +162,17 @@ def load_encoder_checkpoint(encoder: nn.Module, path: str) -> None:
             f"model.pretrained: checkpoint not found: {path}; for the small encoder give the checkpoint.pt of a "
             "`cct train` run with the same model.width and model.output_stride"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    weights = {k[len("encoder.") :]: v for k, v in state.get("model", state).items() if k.startswith("encoder.")}
+    from cct.engine import first_line, read_checkpoint
+
+    state = read_checkpoint(path, "model.pretrained", "cct train checkpoint")
+    model = state.get("model", state)
+    if not isinstance(model, dict):
+        raise ConfigError(f"model.pretrained: {path} holds no weights (a {type(model).__name__})")
+    weights = {k[len("encoder.") :]: v for k, v in model.items() if isinstance(k, str) and k.startswith("encoder.")}
     try:
         encoder.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise ConfigError(f"model.pretrained: {path} does not fit this encoder ({str(exc).splitlines()[0]})") from exc
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"model.pretrained: {path} does not fit this encoder ({first_line(exc)})") from exc
 
 
 def build_encoder(name: str, pretrained: bool | str, output_stride: int, width: int, psp: bool) -> nn.Module:

@@ -71,9 +71,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 def _check_run_paths(args: argparse.Namespace, config, outputs: tuple[str, ...]) -> Path:
     """Before any work: --out and --resume-dir are folders that can be written, --stop-with names a
     live process, and no file the run writes is one it reads. Returns the resume folder."""
-    out = check_output_dir(args.out, "--out")
-    resume = Path(args.resume_dir) if args.resume_dir else out / "resume"
-    check_output_dir(resume, "--resume-dir")
+    out = check_output_dir(args.out, "--out", create=True)
+    resume = check_output_dir(args.resume_dir if args.resume_dir is not None else out / "resume", "--resume-dir",
+                              create=True)
     if args.stop_with is not None:
         from cct.engine import process_alive
 
@@ -174,7 +174,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images, out = Path(args.images), Path(args.out)
     if not images.is_dir():
         raise ConfigError(f"--images: not a directory: {images}")
-    check_output_dir(out, "--out")
+    check_output_dir(args.out, "--out")
     if same_path(out, images):
         raise OutputError(
             f"--out: {out} is the --images folder: the masks would overwrite the images; give another folder"
@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
     prefix = f"cct {args.command}: error:"
+    _quiet_thread_faults()
     try:
         return args.func(args)
     except (ConfigError, OutputError) as exc:
@@ -438,6 +439,22 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_SYSTEM
+
+
+def _quiet_thread_faults() -> None:
+    """A worker thread (TensorBoard's event writer) that hits a full disk or a read-only folder would
+    print its traceback; the main thread meets the same error at its next write and reports it in
+    one line, so the thread's is dropped. Any other error of a thread is printed as before."""
+    import threading
+
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and os_fault(args.exc_value) is not None:
+            return
+        default(args)
+
+    threading.excepthook = hook
 
 
 def one_line(exc: BaseException) -> str:

@@ -590,30 +590,38 @@ def from_dict(tree: dict[str, Any] | None, overrides: list[str] | tuple[str, ...
 MAX_CONFIG_BYTES = 1 << 20  # a run config is a few kB
 
 
+def read_text_file(path: str | Path, what: str, max_bytes: int | None = None, kind: str = "file") -> str:
+    """The UTF-8 text of a file the user gave (a config, a list of ids); ConfigError naming ``what``
+    and the file when it is missing, a folder, not a regular file, larger than ``max_bytes``,
+    unreadable or not UTF-8 text."""
+    path = Path(path)
+    if not path.exists():
+        missing = f"config file not found: {path}" if what == "config file" else f"{what}: file not found: {path}"
+        raise ConfigError(missing)
+    if path.is_dir():
+        raise ConfigError(f"{what}: {path} is a folder; give a {kind}")
+    if not path.is_file():
+        raise ConfigError(f"{what}: {path} is not a regular file; give a {kind}")
+    try:
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ConfigError(f"{what}: {path} has {size} bytes, too many for a {kind}")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what}: {path} cannot be read ({exc.strerror or exc})") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what}: {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
 def read_config_file(path: str | Path) -> Any:
     """The parsed YAML of a config file; ConfigError naming the file when it is missing, not a regular
     file, unreadable, not UTF-8, not YAML, or holds no keys (an empty file would silently mean the
     defaults)."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a folder; give a YAML file")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} is not a regular file; give a YAML file")
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: {size} bytes is not a config file (a config is a few kB); give a YAML file")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from exc
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8 YAML"
-        ) from None
+    text = read_text_file(path, "config file", MAX_CONFIG_BYTES, "YAML config file (a few kB)")
     tree = parse_yaml(text, str(path))
     if tree is None:
         raise ConfigError(

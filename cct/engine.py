@@ -106,7 +106,7 @@ def set_poly_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], iterati
 
 
 class StopFlag:
-    """Turns SIGTERM/SIGINT into a flag checked between iterations, so the state can be saved.
+    """Turns SIGTERM/SIGINT/SIGHUP into a flag checked between iterations, so the state can be saved.
 
     With ``watch_pid`` (``cct train --stop-with PID``: the workflow passes the Snakemake process), the
     end of that process also stops the run, at most ``poll_s`` seconds later: a training whose
@@ -121,7 +121,8 @@ class StopFlag:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopFlag":
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP: the terminal of an interactive run was closed (its default would kill without saving)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
@@ -202,6 +203,7 @@ class ResumeState:
         self._lock = None
         self._chosen: Path | None = None
         self._prepared = False
+        self._state: dict | None = None
 
     # -- the lock -----------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -286,6 +288,7 @@ class ResumeState:
                 continue
             differences = self._differences(state)
             if not differences:
+                self._state = state  # read and checked once: load() uses it
                 return path, None
             shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
             if self.stale == "refuse":
@@ -325,7 +328,8 @@ class ResumeState:
         chosen = self._chosen
         if chosen is None:
             return 0, []
-        state = torch.load(chosen, map_location=device, weights_only=True)
+        state = self._state if self._state is not None else torch.load(chosen, map_location=device, weights_only=True)
+        self._state = None
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

@@ -127,27 +127,33 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
-def check_output_dir(path: str | Path, what: str) -> Path:
-    """``path`` is a folder that exists or can be created, and is writable (nothing is created);
-    OutputError naming ``what`` (the option or key) otherwise."""
-    path = Path(path)
-    if str(path) == "" or "\0" in str(path):
+def check_output_dir(path: str | Path, what: str, create: bool = False) -> Path:
+    """``path`` is a folder that exists or can be created, and is writable; OutputError naming
+    ``what`` (the option or key) otherwise. With ``create`` it is created (a failure is the same one
+    line), else nothing is."""
+    if not str(path).strip() or "\0" in str(path):
         raise OutputError(f"{what}: {str(path)!r} is not a folder name")
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what}: {path} is a file, not a folder; give a folder")
     existing = _first_existing(path.absolute())
     if not existing.is_dir():
         raise OutputError(f"{what}: cannot create {path}: {existing} is a file, not a folder")
     _writable(existing, what, path)
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{what}: cannot create {path} ({exc.strerror or exc})") from exc
     return path
 
 
 def check_output_file(path: str | Path, what: str, inputs: Iterable[str | Path] = ()) -> Path:
     """``path`` is a file that can be written (its folder exists or can be created, and is writable),
     is not a folder, and is none of ``inputs`` (files the command reads); OutputError otherwise."""
-    path = Path(path)
-    if str(path) == "" or "\0" in str(path):
+    if not str(path).strip() or "\0" in str(path):
         raise OutputError(f"{what}: {str(path)!r} is not a file name")
+    path = Path(path)
     if path.is_dir():
         raise OutputError(f"{what}: {path} is a folder; give a file name")
     for source in inputs:

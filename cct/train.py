@@ -153,7 +153,6 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
     Under ``torchrun`` (several processes) each rank trains on its share of every batch with
     synchronised batch norm (:mod:`cct.distributed`); rank 0 alone evaluates and writes, and the
     other ranks return ``{}``."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     out_dir, tc, oc = Path(out_dir), config.train, config.optim
@@ -179,7 +178,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
 
         streams = domain_streams(config, domains, start, ctx, pin_memory=device.type == "cuda")
         amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda")
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if main else distributed.NullWriter()
+        writer = EventWriter(out_dir / "tb", start) if main else distributed.NullWriter()
         loss_fn = functools.partial(step_loss, config=config, domains=domains)
         losses_log = engine.LossLog(every=10, total=total, hint="lower optim.lr")
         bar = tqdm(range(start, total), initial=start, total=total, disable=not (tc.progress and main), mininterval=2.0,
@@ -253,6 +252,31 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
         return metrics
     finally:
         resume.release()  # the resume folder's lock, whatever happened
+
+
+class EventWriter:
+    """TensorBoard's SummaryWriter into ``directory`` whose failures name the folder: it writes from
+    a thread of its own and surfaces a full disk later as an OSError without a file name."""
+
+    def __init__(self, directory: Path, start: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.directory = directory
+        self._writer = self._call(SummaryWriter, str(directory), purge_step=start)
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            if exc.filename is not None or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(self.directory)) from exc
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        self._call(self._writer.add_scalar, *args, **kwargs)
+
+    def close(self) -> None:
+        self._call(self._writer.close)
 
 
 def check_run(config: RunConfig, domains: list[Domain], world_size: int) -> None:

@@ -137,12 +137,23 @@ def default_palette(n: int = 256) -> np.ndarray:
     return palette
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""Images above this size are refused: twice the largest image of any supported dataset's (Cityscapes,
+2048 x 1024) on each side; a photo of hundreds of megapixels would be decoded, then run out of
+memory in the model with no message."""
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as uint8 (H, W, 3) RGB (greyscale and palette images are converted)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ConfigError(
+                    f"image {path} is {width}x{height}: more than {MAX_IMAGE_PIXELS // 10**6} megapixels; resize it"
+                )
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError:
         raise ConfigError(f"image file not found: {path}") from None

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cct.config import ConfigError, DataConfig
+from cct.config import ConfigError, DataConfig, read_text_file
 from cct.data.base import Source, background_classes, dataset_root, require
 
 CLASS_NAMES = (
@@ -66,7 +66,8 @@ def voc_dir(root: Path) -> Path:
 def _ids(path: Path, what: str) -> list[str]:
     """Ids of a list file: the first field of each line, as a file stem (``/JPEGImages/x.jpg`` -> ``x``)."""
     require(path, what)
-    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+    text = read_text_file(path, "data.root", kind="list of ids")
+    ids = [Path(line.split()[0]).stem for line in text.splitlines() if line.strip()]
     if not ids:
         raise ConfigError(f"data.root: {path} lists no images")
     return ids

@@ -305,12 +305,24 @@ def infer_cams(checkpoint: str | Path, out_dir: str | Path, overrides: list[str]
     return summary
 
 
-def read_cams(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(classes int64 (n,), cams float32 (n, H, W) in [0, 1]) from one ``<id>.npz``."""
+def read_cams(path: str | Path, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(classes int64 (n,), cams float32 (n, H, W) in [0, 1]) from one ``<id>.npz``; ConfigError naming
+    the file when it is missing, not such a file, or (``num_classes`` K given) names classes outside
+    1..K-1."""
     try:
-        with np.load(path) as data:
-            return data["classes"].astype(np.int64), data["cams"].astype(np.float32) / 255.0
+        with np.load(path, allow_pickle=False) as data:
+            classes, cams = data["classes"], data["cams"]
+            if classes.ndim != 1 or cams.ndim != 3 or len(classes) != len(cams):
+                raise ValueError(f"classes {classes.shape} and cams {cams.shape} do not match")
+            if classes.dtype.kind not in "iu" or cams.dtype != np.uint8:
+                raise ValueError(f"classes of type {classes.dtype}, cams of type {cams.dtype}")
+            classes = classes.astype(np.int64)
     except FileNotFoundError:
         raise ConfigError(f"--cams: CAM file not found: {path}") from None
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"--cams: {path} is not a CAM file of `cct cam infer` ({exc})") from exc
+    except Exception as exc:  # a file of the user's: np.load raises many types (or yields an array, not an npz)
+        raise ConfigError(f"--cams: {path} is not a CAM file of `cct cam infer` ({engine.first_line(exc)})") from exc
+    if num_classes is not None and ((classes < 1) | (classes >= num_classes)).any():
+        raise ConfigError(
+            f"--cams: {path} names classes {classes.tolist()}, not foreground classes 1..{num_classes - 1}"
+        )
+    return classes, cams.astype(np.float32) / 255.0

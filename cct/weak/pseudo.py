@@ -70,12 +70,12 @@ def make_pseudo_labels(config: CamRunConfig, cams_dir: str | Path, out_dir: str 
     Written into ``out_dir.partial`` and renamed when complete."""
     import shutil
 
-    cams_dir, out_dir = Path(cams_dir), Path(out_dir)
+    cams_dir = Path(cams_dir)
+    if str(out_dir).strip() and same_path(cams_dir, out_dir):
+        raise OutputError(f"--out: {out_dir} is the --cams folder; give another folder")
+    out_dir = check_replaceable_dir(out_dir, "summary.json", "--out")
     if not cams_dir.is_dir():
         raise ConfigError(f"--cams: not a directory: {cams_dir}")
-    if same_path(cams_dir, out_dir):
-        raise OutputError(f"--out: {out_dir} is the --cams folder; give another folder")
-    check_replaceable_dir(out_dir, "summary.json", "--out")
     source = load_source(config.data, "train")
     foreground_labels(source)
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -86,7 +86,7 @@ def make_pseudo_labels(config: CamRunConfig, cams_dir: str | Path, out_dir: str 
     ignored = total = 0
     t0 = time.perf_counter()
     for i, image_id in enumerate(source.ids):
-        classes, cams = read_cams(cams_dir / f"{id_filename(image_id)}.npz")
+        classes, cams = read_cams(cams_dir / f"{id_filename(image_id)}.npz", k)
         label = pseudo_label(cams, classes, p.fg_threshold, p.bg_threshold)
         write_png(partial / f"{id_filename(image_id)}.png", label)
         truth = source.load(i)[1]

@@ -165,7 +165,7 @@ def test_config_paths_that_are_not_files_are_refused(capsys, tmp_path):
     huge = tmp_path / "huge.yaml"
     huge.write_bytes(b"# " + b"x" * (2 << 20) + b"\n")
     status, line = in_process(capsys, "train", "--config", str(huge), "--out", str(tmp_path / "r"))
-    assert status == 2 and "not a config file" in line, line
+    assert status == 2 and "too many for a YAML config file" in line, line
 
 
 def test_config_file_with_a_bom_and_non_ascii_comment_loads(tmp_path):

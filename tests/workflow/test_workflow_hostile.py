@@ -7,11 +7,15 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import re
+import signal
+import subprocess
+import time
 
 import pytest
 from snakemake.utils import validate
-from workflow_helpers import ROOT, load_test_config, snakemake, write_config
+from workflow_helpers import ROOT, SNAKEMAKE, load_test_config, snakemake, write_config
 
 from planner import grid
 from planner.configs import GridError
@@ -190,3 +194,61 @@ def test_a_workflow_config_file_that_is_not_yaml_fails_before_any_job(tiny_dir):
     (tiny_dir / "bad.yaml").write_bytes(b"cct: {train: [1,\n")
     proc = snakemake(tiny_dir, "-n", "--configfile", "bad.yaml")
     assert proc.returncode != 0 and not (tiny_dir / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# A killed Snakemake: its training stops by itself, --unlock, and the rerun resumes
+
+
+def _trainings_of(folder) -> list[int]:
+    """pids of the cct trainings whose command line names ``folder``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                args = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if " train " in args and str(folder) in args and "snakemake" not in args:
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.slow
+def test_killed_snakemake_leaves_no_orphan_training_and_resumes_after_unlock(tmp_path):
+    config = load_test_config("resume")
+    config["cct"]["train"].update(iterations=400, eval_interval=400, checkpoint_interval=5)
+    write_config(tmp_path, config)
+    run = "results/runs/tiny/label_fraction/cct/10/split0/seed0"
+    state = tmp_path / "results" / "resume" / "tiny" / "label_fraction" / "cct" / "10" / "split0" / "seed0" / "state.pt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE")}
+    proc = subprocess.Popen([str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--cores", "1",
+                             f"{run}/metrics.json"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert state.is_file(), "no resume state was written"
+        assert _trainings_of(tmp_path), "the training is not running"
+        proc.kill()  # kill -9 of Snakemake alone: its job loses its parent
+        proc.wait()
+        deadline = time.monotonic() + 120
+        while _trainings_of(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        orphans = _trainings_of(tmp_path)
+    finally:
+        for pid in _trainings_of(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not orphans, "the training outlived its Snakemake"
+    log = (tmp_path / run / "train.log").read_text()
+    assert "(--stop-with) ended" in log and "state saved" in log, log[-2000:]
+
+    locked = snakemake(tmp_path, "--cores", "1", f"{run}/metrics.json")
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    assert snakemake(tmp_path, "--unlock").returncode == 0
+    again = snakemake(tmp_path, "--cores", "1", f"{run}/metrics.json")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert re.search(r"resuming from .*state\.pt at iteration [1-9]", (tmp_path / run / "train.log").read_text())

@@ -217,20 +217,39 @@ def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] 
         where = f"cct config of {run.path} (from cct, {sources}, settings.{run.setting}.cct)"
         try:
             tree = workflow_run_config(config, run)  # paths only; nothing is read
+            if validate_cct is not None:  # with the thread count the job will pass (cct range-checks it)
+                validate_cct(deep_merge(tree, {"train": {"threads": _train_threads(config)}}))
             for member, data in zip(members, [tree.get("data") or {}, *tree.get("extra_domains", [])], strict=True):
                 if data.get("dataset", "embedded") != "embedded" and data.get("root") is None:
                     how = (multi_domain.missing_root_hint(member) if run.setting == multi_domain.SETTING
                            else f"run with --config data_root=/path/to/it or set datasets.{member}.cct.data.root")
                     raise GridError(f"data.root is not set for the {data['dataset']!r} dataset: {how}")
-            if validate_cct is not None:
-                validate_cct(tree)
         except ValueError as exc:
             raise GridError(f"{where}: {exc}") from exc
     weak_labels.check(config, runs, validate_cam)
+    _check_paths(config)
     _check_roots(config, runs)
     if train_size is not None:
         _check_label_counts(config, runs, train_size)
     return runs
+
+
+def _train_threads(config: Mapping[str, Any]) -> int:
+    """cct's train.threads of a training job: resources.train.threads shared by its processes (GPUs)."""
+    resources = config["resources"]["train"]
+    return max(1, int(resources["threads"]) // max(1, int(resources["gpu"])))
+
+
+def _check_paths(config: Mapping[str, Any]) -> None:
+    """The results folder is a folder (or can be made), the paper numbers a file when given."""
+    results = Path(str(config["results"]))
+    if not str(config["results"]).strip():
+        raise GridError("results: an empty string is not a folder; give a folder (default: results)")
+    if results.exists() and not results.is_dir():
+        raise GridError(f"results: {results} is a file, not a folder")
+    numbers = config.get("paper_numbers")
+    if numbers is not None and not Path(str(numbers)).is_file():
+        raise GridError(f"paper_numbers: {numbers} is not a file (null: the bundled data/paper_numbers.csv)")
 
 
 def root_key(config: Mapping[str, Any], dataset: str) -> str:
@@ -305,6 +324,10 @@ def _check_user_splits(config: Mapping[str, Any]) -> None:
             for side in ("labeled", "unlabeled"):
                 if not Path(entry[side]).is_file():
                     raise GridError(f"{where}.{side}: file not found: {entry[side]}")
-            n = sum(1 for line in Path(entry["labeled"]).read_text().splitlines() if line.strip())
+            try:
+                text = Path(entry["labeled"]).read_bytes().decode("utf-8-sig")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise GridError(f"{where}.labeled: {entry['labeled']} is not a readable UTF-8 list ({exc})") from None
+            n = sum(1 for line in text.splitlines() if line.strip())
             if n != key[0]:
                 raise GridError(f"{where}.labeled: {entry['labeled']} lists {n} images, but labels is {key[0]}")

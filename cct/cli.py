@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OutputError) as exc:
         print(f"{prefix} {one_line(exc)}", file=sys.stderr)
         return EXIT_INPUT
+    except FloatingPointError as exc:  # the loss diverged (LossLog's guard): the config's learning rate
+        print(f"{prefix} {one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         print(f"cct {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

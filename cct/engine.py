@@ -426,6 +426,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+DIVERGED = "lower {key} (then rerun with --stale-resume restart: the saved state is the old config's)"
+"""LossLog's hint for a loss that became NaN or infinite."""
+
+
 class LossLog:
     """Running means of a step's loss terms (0-dim tensors), summed on the device and read every
     ``every`` iterations, so the other steps need no host sync. :meth:`add` returns the means at a
@@ -494,6 +498,11 @@ def load_checkpoint(path: str | Path, what: str = "--checkpoint"):
     from cct.model.cct import build_model
 
     state = read_checkpoint(path, what)
+    if {"optimizer", "iteration"} <= set(state):
+        raise ConfigError(f"{what}: {path} is a resume state of `cct train`, not its checkpoint; give the run's "
+                          "checkpoint.pt")
+    if isinstance(state.get("config"), dict) and "infer" in state["config"]:
+        raise ConfigError(f"{what}: {path} is a CAM checkpoint (`cct cam train`), not a `cct train` one")
     try:
         config = from_dict(state["config"])
         config.model.pretrained = False  # the checkpoint holds the weights

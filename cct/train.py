@@ -180,7 +180,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
         amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda")
         writer = EventWriter(out_dir / "tb", start) if main else distributed.NullWriter()
         loss_fn = functools.partial(step_loss, config=config, domains=domains)
-        losses_log = engine.LossLog(every=10, total=total, hint="lower optim.lr")
+        losses_log = engine.LossLog(every=10, total=total, hint=engine.DIVERGED.format(key="optim.lr"))
         bar = tqdm(range(start, total), initial=start, total=total, disable=not (tc.progress and main), mininterval=2.0,
                    desc=f"{tc.mode} seed {tc.seed}")
         results = None

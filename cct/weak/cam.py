@@ -152,7 +152,7 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
                                     weight_decay=tc.weight_decay)
         start, history = resume.load(model, optimizer, device)
         batches = _batches(config, source, start)
-        losses = engine.LossLog(every=50, total=tc.iterations, hint="lower train.lr")
+        losses = engine.LossLog(every=50, total=tc.iterations, hint=engine.DIVERGED.format(key="train.lr"))
 
         model.train()
         with engine.StopFlag(watch_pid) as stop:

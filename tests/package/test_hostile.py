@@ -298,10 +298,19 @@ def test_a_broken_checkpoint_gives_one_line_in_every_command(capsys, tmp_path, c
         assert str(bad) in line and ("--checkpoint" in line or "model.pretrained" in line), line
 
 
-def test_a_cam_checkpoint_given_to_evaluate_and_a_cct_one_to_cam_infer(capsys, tiny_checkpoint, tmp_path):
+def test_a_checkpoint_of_another_kind_is_named_as_such(capsys, tiny_checkpoint, tmp_path):
     status, line = in_process(capsys, "cam", "infer", "--checkpoint", str(tiny_checkpoint), "--out",
                               str(tmp_path / "c"))
     assert status == 2 and "not a cct CAM checkpoint" in line
+    state = tiny_checkpoint.parent / "resume" / "state.pt"
+    status, line = in_process(capsys, "evaluate", "--checkpoint", str(state))
+    assert status == 2 and "is a resume state" in line and "checkpoint.pt" in line
+
+
+def test_a_diverging_loss_is_one_line_naming_the_key(tmp_path):
+    line = one_error_line(run_cct("train", "--out", str(tmp_path), "--set", *TINY, "train.iterations=30",
+                                  "optim.lr=1000000"), "train")
+    assert "loss became" in line and "lower optim.lr" in line
 
 
 # ------------------------------------------------------------------------------------------------

@@ -201,15 +201,17 @@ def test_a_workflow_config_file_that_is_not_yaml_fails_before_any_job(tiny_dir):
 
 
 def _trainings_of(folder) -> list[int]:
-    """pids of the cct trainings whose command line names ``folder``."""
+    """pids of the cct trainings running in ``folder`` (the workflow's working directory)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                args = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    args = handle.read().replace(b"\0", b" ").decode(errors="replace")
+                cwd = os.readlink(f"/proc/{entry}/cwd")
             except OSError:
                 continue
-            if " train " in args and str(folder) in args and "snakemake" not in args:
+            if "cct train " in args and cwd == str(folder) and "snakemake" not in args and "bash" not in args:
                 pids.append(int(entry))
     return pids
 

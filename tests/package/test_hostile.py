@@ -657,3 +657,53 @@ def test_folder_turned_read_only_during_a_run_gives_one_line(capsys, monkeypatch
     assert status == 74
     assert "state.pt: Read-only file system" in line and "remount it read-write" in line, line
     assert (tmp_path / "resume" / "state.prev.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Real datasets: a missing mask does not shrink the training set; bad masks are found at the start
+
+
+def test_a_missing_segmentationclassaug_mask_is_refused_not_a_smaller_training_set(tmp_path, monkeypatch):
+    from cct.data import voc
+    from cct.data.base import load_source
+
+    from .layouts import voc_tree
+
+    tree = voc_tree(tmp_path / "voc")
+    n_train = len(tree["train"]) + len(tree["extra"])
+    # this tree stands for the official release: its lists and train_aug have the official sizes
+    monkeypatch.setattr(voc, "TRAIN_LIST_SIZE", len(tree["train"]))
+    monkeypatch.setattr(voc, "VAL_LIST_SIZE", len(tree["val"]))
+    monkeypatch.setattr(voc, "TRAIN_AUG_SIZE", n_train)
+    data = from_dict(None, ["data.dataset=voc", f"data.root={tree['root']}"]).data
+    assert len(load_source(data, "train")) == n_train
+    gone = tree["base"] / "SegmentationClassAug" / f"{tree['extra'][1]}.png"
+    gone.unlink()
+    with pytest.raises(ConfigError, match=f"holds the masks of {n_train - 1} training images, but train_aug"):
+        load_source(data, "train")
+    # with a train_aug list, the list is the authority and the missing mask is named
+    (tree["base"] / "ImageSets/Segmentation/train_aug.txt").write_text(
+        "".join(f"{i}\n" for i in tree["train"] + tree["extra"]))
+    with pytest.raises(ConfigError, match=str(gone)):
+        load_source(data, "train")
+
+
+@pytest.mark.parametrize("defect", ["value", "size"])
+def test_a_bad_validation_mask_of_a_real_dataset_is_found_before_training(capsys, tmp_path, defect):
+    from .layouts import voc_tree
+
+    tree = voc_tree(tmp_path / "voc")
+    path = tree["base"] / "SegmentationClass" / f"{tree['val'][1]}.png"
+    mask = np.array(Image.open(path))
+    if defect == "value":
+        mask[3, 3] = 77
+        image = Image.fromarray(mask, mode="L")
+    else:
+        image = Image.fromarray(mask[:-2], mode="L")
+    image.save(path)
+    status, line = in_process(capsys, "train", "--out", str(tmp_path / "r"), "--set", *TINY, "data.dataset=voc",
+                              f"data.root={tree['root']}", "data.n_labeled=4", "train.iterations=4000",
+                              "train.eval_interval=4000")
+    assert status == 2 and "validation set" in line and str(path) in line, line
+    assert ("mask value 77" in line) if defect == "value" else ("but its image" in line)
+    assert not (tmp_path / "r" / "metrics.json").exists()

@@ -3,14 +3,20 @@ Snakemake writes (``{results}/benchmarks/train/<run>.tsv``), per dataset, settin
 total per setting and for the whole grid.
 
 Wall time is the job's (data loading, training, periodic and final evaluation); ``cpu_time`` is the
-CPU seconds of the job's processes; ``max_rss`` the peak resident memory (MB).
+CPU seconds of the job's processes; ``max_rss`` the peak resident memory (MB). A benchmark file
+records the last attempt of a job only: a training that was interrupted and resumed also counts
+its earlier attempts, from the run's ``metrics.json`` (``attempts``: each attempt's training time
+up to its last saved state; ``--metrics``), so the wall time is what the run cost in all. CPU time
+and memory are the last attempt's.
 
-    python -m analysis.runtime --threads 1 --csv runtime.csv --md runtime.md BENCHMARK.tsv ...
+    python -m analysis.runtime --threads 1 --csv runtime.csv --md runtime.md BENCHMARK.tsv ... \
+        [--metrics METRICS.json ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Iterable
@@ -20,12 +26,24 @@ import pandas as pd
 from planner.layout import Run
 from planner.vocabulary import METHOD_NAMES, METHOD_ORDER
 
-COLUMNS = ["dataset", "setting", "method", "jobs", "wall_s_mean", "wall_s_max", "wall_s_total",
+COLUMNS = ["dataset", "setting", "method", "jobs", "attempts", "wall_s_mean", "wall_s_max", "wall_s_total",
            "cpu_s_total", "max_rss_mb", "threads"]
 
 
-def read_benchmarks(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per benchmark file (repeats averaged): the run's coordinates, s, cpu_time, max_rss."""
+def earlier_attempts(metrics_paths: Iterable[str | Path]) -> dict[Run, tuple[int, float]]:
+    """Run -> (its number of attempts, the wall seconds of all but the last) from ``metrics.json``
+    files (a run without ``attempts``: one attempt)."""
+    out = {}
+    for path in metrics_paths:
+        attempts = json.loads(Path(path).read_text()).get("attempts") or [{}]
+        out[Run.from_path(path)] = (len(attempts), float(sum(a.get("wall_s", 0.0) for a in attempts[:-1])))
+    return out
+
+
+def read_benchmarks(paths: Iterable[str | Path], metrics: Iterable[str | Path] = ()) -> pd.DataFrame:
+    """One row per benchmark file (repeats averaged): the run's coordinates, s, cpu_time, max_rss,
+    attempts; ``s`` plus the earlier attempts of the run (``metrics``: its metrics.json)."""
+    earlier = earlier_attempts(metrics)
     rows = []
     for path in paths:
         run = Run.from_path(path)
@@ -34,6 +52,8 @@ def read_benchmarks(paths: Iterable[str | Path]) -> pd.DataFrame:
         for column in ("s", "cpu_time", "max_rss"):
             values = pd.to_numeric(frame[column], errors="coerce") if column in frame else pd.Series(dtype=float)
             row[column] = float(values.mean()) if values.notna().any() else math.nan
+        n, before = earlier.get(run, (1, 0.0))
+        row["attempts"], row["s"] = n, row["s"] + before
         rows.append(row)
     if not rows:
         raise ValueError("no benchmark file given")
@@ -46,6 +66,7 @@ def summarize(bench: pd.DataFrame, threads: int | None = None) -> pd.DataFrame:
     def agg(frame: pd.DataFrame, dataset: str, setting: str, method: str) -> dict:
         return {
             "dataset": dataset, "setting": setting, "method": method, "jobs": len(frame),
+            "attempts": int(frame["attempts"].sum()) if "attempts" in frame else len(frame),
             "wall_s_mean": frame["s"].mean(), "wall_s_max": frame["s"].max(), "wall_s_total": frame["s"].sum(),
             "cpu_s_total": frame["cpu_time"].sum(min_count=1), "max_rss_mb": frame["max_rss"].max(),
             "threads": threads,
@@ -67,6 +88,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "Setting": summary["setting"],
         "Method": [METHOD_NAMES.get(m, m) if m != "total" else "**total**" for m in summary["method"]],
         "Jobs": summary["jobs"],
+        "Attempts": summary["attempts"],
         "Wall s (mean)": summary["wall_s_mean"].map(lambda v: f"{v:.1f}"),
         "Wall s (max)": summary["wall_s_max"].map(lambda v: f"{v:.1f}"),
         "Wall s (sum)": summary["wall_s_total"].map(lambda v: f"{v:.0f}"),
@@ -77,8 +99,9 @@ def to_markdown(summary: pd.DataFrame) -> str:
     note = f" with {int(threads[0])} thread(s) per job" if len(threads) == 1 else ""
     caption = (
         "Table: Cost of the training jobs of the grid, from Snakemake's benchmark files" + note + ". "
-        "Wall s (sum) is the sequential cost; parallel jobs finish sooner. Peak RSS is the largest "
-        "resident memory of one job."
+        "Wall s (sum) is the sequential cost; parallel jobs finish sooner. A resumed training counts "
+        "every attempt (Attempts > Jobs): its earlier attempts' time comes from its metrics.json. Peak "
+        "RSS is the largest resident memory of one job."
     )
     return f"{caption}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
 
@@ -87,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.runtime", description=__doc__.split("\n\n")[0])
     parser.add_argument("benchmarks", nargs="+", help="benchmark TSV files of the training jobs")
     parser.add_argument("--threads", type=int, default=None, help="threads per training job (for the caption)")
+    parser.add_argument("--metrics", nargs="*", default=[], help="metrics.json of the runs (their earlier attempts)")
     parser.add_argument("--csv", required=True)
     parser.add_argument("--md", required=True)
     args = parser.parse_args(argv)
-    summary = summarize(read_benchmarks(args.benchmarks), args.threads)
+    summary = summarize(read_benchmarks(args.benchmarks, args.metrics), args.threads)
     for path in (args.csv, args.md):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     summary.to_csv(args.csv, index=False, float_format="%.2f")

@@ -30,8 +30,11 @@ def unsupervised_weight(iteration: int, total: int, final_w: float, rampup: floa
     return final_w * sigmoid_rampup(iteration, rampup * total)
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CE over (B, K, H, W) logits and (B, H, W) targets, pixels at 255 ignored, mean over the rest."""
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """CE over (B, K, H, W) logits and (B, H, W) targets, pixels at 255 ignored, mean over the rest.
+    ``temperature`` divides the logits (``loss.softmax_temp``: the official ``CE_loss``'s)."""
+    if temperature != 1.0:
+        logits = logits / temperature
     return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
 
 
@@ -123,23 +126,34 @@ def consistency_sums(
     sets of pixels (so the loss can be accumulated over chunks of the image).
 
     ``aux_logits`` (B, N, K, *P), ``target_prob`` (B, 1, K, *P) the main decoder's softmax, ``mask``
-    (B, 1, *P) or None, *P any pixel layout shared by all three. ``mse``: squared error between
-    softmax outputs, averaged over every element (over classes then pixels when masked); ``kl``:
-    KL(main || aux) per pixel; ``js``: Jensen-Shannon per pixel.
+    (B, 1, *P) or None, *P any pixel layout shared by all three. Each kind is the official
+    implementation's (``softmax_{mse,kl,js}_loss`` of yassouali/CCT, ``utils/losses.py``), a mean over
+    every element (pixels and classes), so the three are on the scale the paper's w_u = 30 was tuned on:
+
+    - ``mse``: squared error between the auxiliary and main softmax outputs;
+    - ``kl``: ``F.kl_div(log_softmax(aux), target, reduction="mean")``: KL(main || aux) per pixel,
+      divided by K (a mean over classes);
+    - ``js``: with M = (softmax(aux) + target) / 2, the mean of ``kl_div(log_softmax(aux), M)`` and
+      ``kl_div(log(target + 1e-5), M)``: (KL(M || aux) + KL(M || main)) / 2 per pixel, divided by K
+      (the official formula, not the Jensen-Shannon divergence KL(aux || M) + KL(main || M)).
+
+    With ``mask`` (confidence masking) each is the mean over the masked pixels (the official MSE's;
+    see docs/fidelity.md for the official KL's and JS's).
     """
     if kind == "mse" and mask is None:  # every element counts: the fused form
         return _SoftmaxSquaredError.apply(aux_logits, target_prob), aux_logits.new_full((), float(aux_logits.numel()))
+    k = aux_logits.shape[2]
     log_p = F.log_softmax(aux_logits, dim=2)
     if kind == "mse":
         per = ((log_p.exp() - target_prob) ** 2).mean(dim=2)  # (B, N, *P), averaged over K
-    elif kind == "kl":
-        per = (target_prob * (torch.log(target_prob.clamp_min(1e-12)) - log_p)).sum(dim=2)
+    elif kind == "kl":  # kl_div(input, target) = target * (log target - input), 0 where target = 0
+        per = (torch.xlogy(target_prob, target_prob) - target_prob * log_p).sum(dim=2) / k
     elif kind == "js":
-        p = log_p.exp()
-        m = 0.5 * (p + target_prob)
-        log_m = torch.log(m.clamp_min(1e-12))
-        log_t = torch.log(target_prob.clamp_min(1e-12))
-        per = 0.5 * (target_prob * (log_t - log_m)).sum(2) + 0.5 * (p * (log_p - log_m)).sum(2)
+        m = 0.5 * (log_p.exp() + target_prob)
+        m_log_m = torch.xlogy(m, m)
+        kl_aux = (m_log_m - m * log_p).sum(dim=2)
+        kl_main = (m_log_m - m * torch.log(target_prob + 1e-5)).sum(dim=2)
+        per = 0.5 * (kl_aux + kl_main) / k
     else:
         raise ValueError(f"loss.consistency: unknown kind {kind!r}")
     if mask is None:
@@ -153,7 +167,6 @@ def consistency_loss(
     main_logits: torch.Tensor,
     kind: str = "mse",
     confidence_threshold: float | None = None,
-    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Mean over auxiliary decoders of the distance between each one's prediction and the main one.
 
@@ -161,15 +174,20 @@ def consistency_loss(
     every reduction is over pixels), the latter detached here (the main decoder is not trained by
     this loss, as in the paper). ``kind`` as in :func:`consistency_sums`. With
     ``confidence_threshold``, only pixels where the main prediction is more confident than it count;
-    if none is, the loss is 0.
+    if none is, the loss is 0. (``loss.softmax_temp`` does not apply here: as in the official code it
+    divides the supervised logits, see :func:`cross_entropy`.)
     """
-    target = F.softmax(main_logits.detach() / temperature, dim=1).unsqueeze(1)
+    target = F.softmax(main_logits.detach(), dim=1).unsqueeze(1)
     total, count = consistency_sums(aux_logits, target, kind, confidence_mask(target, confidence_threshold))
     return total / count.clamp_min(1)
 
 
-def pairwise_sums(aux_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum, count) of the supplementary pair-wise loss over the pixels of ``aux_logits`` (B, N, K, *P)."""
+def pairwise_sums(aux_logits: torch.Tensor, decoders: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of the supplementary pair-wise loss over the pixels of ``aux_logits`` (B, N, K, *P):
+    the variance of the decoders' softmax outputs, summed over classes. ``decoders``: the indices of
+    the decoders it compares (the official ``pair_wise_loss`` takes 8 at random), default all."""
+    if decoders is not None:
+        aux_logits = aux_logits.index_select(1, decoders)
     p = F.softmax(aux_logits, dim=2)
     per = ((p - p.mean(dim=1, keepdim=True)) ** 2).mean(dim=1).sum(dim=1)  # (B, *P)
     return per.sum(), per.new_full((), float(per.numel()))

@@ -42,10 +42,20 @@ Interrupted = engine.Interrupted
 
 log = logging.getLogger("cct.train")
 
-# Keys that change how a run executes but not its numbers: a resume may differ in these.
-_EXECUTION_KEYS = {
-    ("train", "threads"), ("train", "progress"), ("train", "device"), ("train", "compile"), ("data", "num_workers"),
-}
+# Keys that change how a run executes but not its numbers: a resume may differ in these; any other
+# key is part of the run's identity, and a resume state written under another value is refused
+# (or, with --stale-resume restart, discarded).
+# - train.progress: the progress bar only.
+# - data.num_workers: batch i is the same with any number of loader processes (every sample carries
+#   its own augmentation seed, cct/data/loader.py), so the numbers are too.
+# - train.device: the key ("auto" and "cuda" can name the same device); the device *type* the run
+#   executes on is part of the state's `execution` record, compared on resume (CPU and CUDA kernels,
+#   and bf16 autocast on CUDA, give other numbers), with the number of torchrun processes.
+# Not here, because they change the numbers: train.threads (CPU kernels split their reductions by
+# thread: 1 vs 2 threads gave 16.54 vs 15.32 mIoU on the same seed) and train.compile (fused kernels
+# round differently).
+_EXECUTION_KEYS = {("train", "progress"), ("train", "device"), ("data", "num_workers")}
+STALE_CHOICES = ("refuse", "restart")
 
 
 @dataclass
@@ -60,6 +70,7 @@ class Domain:
     val: Source
     labeled: list[int]
     unlabeled: list[int]
+    pseudo: Source | None = None  # the training set with pseudo labels (weak.pseudo_labels), else None
 
 
 def resolve_split(data: DataConfig, source: Source, where: str = "data") -> tuple[list[int], list[int]]:
@@ -82,7 +93,12 @@ def load_domains(config: RunConfig) -> list[Domain]:
         where = "data" if k == 0 else f"extra_domains[{k - 1}]"
         train_source, val_source = load_source(data, "train"), load_source(data, "val")
         labeled, unlabeled = resolve_split(data, train_source, where)
-        domains.append(Domain(name, data, where, train_source, val_source, labeled, unlabeled))
+        pseudo = None
+        if config.weak.pseudo_labels is not None and config.train.mode == "semi":
+            from cct.weak.pseudo import with_pseudo_labels
+
+            pseudo = with_pseudo_labels(train_source, config.weak.pseudo_labels, unlabeled)
+        domains.append(Domain(name, data, where, train_source, val_source, labeled, unlabeled, pseudo))
     return domains
 
 
@@ -108,21 +124,17 @@ def domain_streams(config: RunConfig, domains: list[Domain], start: int, ctx: di
                                    stop=tc.iterations, workers=d.data.num_workers, pin_memory=pin_memory, ctx=ctx)
 
         unl = None
-        if tc.mode == "semi":
-            unl_source = d.train
-            if config.weak.pseudo_labels is not None:  # pseudo labels from image-level labels (cct.weak)
-                from cct.weak.pseudo import with_pseudo_labels
-
-                unl_source = with_pseudo_labels(d.train, config.weak.pseudo_labels, d.unlabeled)
-            unl = stream(unl_source, d.unlabeled, tc.batch_size_unlabeled, "unlabeled")
+        if tc.mode == "semi":  # with weak labels, the pseudo labels (cct.weak); else masks never read
+            source = d.pseudo if d.pseudo is not None else d.train
+            unl = stream(source, d.unlabeled, tc.batch_size_unlabeled, "unlabeled", labels=d.pseudo is not None)
         streams.append((stream(d.train, d.labeled, tc.batch_size_labeled, "labeled"), unl))
     return streams
 
 
 def _stream(source: Source, pool: list[int], size: int, kind: str, *, transform, seed: int, start: int, stop: int,
-            workers: int, pin_memory: bool, ctx: distributed.Context):
+            workers: int, pin_memory: bool, ctx: distributed.Context, labels: bool = True):
     """An iterator over this process's share of the batches of ``pool`` (see :func:`batch_stream`)."""
-    loader = batch_stream(source, pool, transform, size, seed, kind, start, stop, workers, pin_memory)
+    loader = batch_stream(source, pool, transform, size, seed, kind, start, stop, workers, pin_memory, labels)
     return iter(distributed.shard_loader(loader, ctx))
 
 
@@ -130,102 +142,141 @@ def _numeric_config(config_dict: dict) -> dict:
     return engine.numeric_identity(config_dict, _EXECUTION_KEYS)
 
 
-def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None = None) -> dict:
+def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None = None, *, stale: str = "refuse",
+          watch_pid: int | None = None) -> dict:
     """Train and evaluate one run; write ``config.yaml``, ``checkpoint.pt``, ``metrics.json`` and
-    ``tb/`` under ``out_dir``. Resume state lives in ``resume_dir`` (default ``out_dir/resume``).
+    ``tb/`` under ``out_dir``. Resume state lives in ``resume_dir`` (default ``out_dir/resume``); a
+    state of a run with other numbers is refused (``stale="refuse"``) or discarded (``"restart"``),
+    see :class:`cct.engine.ResumeState`. With ``watch_pid`` the run saves and stops when that
+    process ends (:class:`cct.engine.StopFlag`).
 
     Under ``torchrun`` (several processes) each rank trains on its share of every batch with
     synchronised batch norm (:mod:`cct.distributed`); rank 0 alone evaluates and writes, and the
     other ranks return ``{}``."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     out_dir, tc, oc = Path(out_dir), config.train, config.optim
     ctx = engine.setup(tc.device, tc.threads, compiled=tc.compile)
     device, main, semi, weak = ctx.device, ctx.is_main, tc.mode == "semi", config.weak.pseudo_labels is not None
-    domains = load_domains(config)
-    check_run(config, domains, ctx.world_size)
-    model = _model(config, domains, device)
-    step_fn = distributed.wrap(model, ctx, find_unused_parameters=not semi)  # supervised: aux decoders get no gradient
-    backbone, rest = model.parameter_groups()
-    base_lrs = [oc.lr * oc.encoder_lr_factor, oc.lr]
-    optimizer = torch.optim.SGD([{"params": backbone, "lr": base_lrs[0]}, {"params": rest, "lr": base_lrs[1]}],
-                                momentum=oc.momentum, weight_decay=oc.weight_decay)
     config_dict, total = config.to_dict(), tc.iterations
-    resume = engine.ResumeState(Path(resume_dir or out_dir / "resume"), config_dict, identity=_numeric_config)
-    start, history = resume.load(model, optimizer, device)
+    resume = engine.ResumeState(Path(resume_dir or out_dir / "resume"), config_dict, identity=_numeric_config,
+                                stale=stale, execution={"device": device.type, "processes": ctx.world_size})
+    resume.prepare(ctx)  # a stale state is refused before the data is read
+    try:
+        domains = load_domains(config)
+        check_run(config, domains, ctx.world_size)
+        if main:
+            check_data(config, domains)
+        model = _model(config, domains, device)
+        # supervised: the aux decoders get no gradient
+        step_fn = distributed.wrap(model, ctx, find_unused_parameters=not semi)
+        backbone, rest = model.parameter_groups()
+        base_lrs = [oc.lr * oc.encoder_lr_factor, oc.lr]
+        optimizer = torch.optim.SGD([{"params": backbone, "lr": base_lrs[0]}, {"params": rest, "lr": base_lrs[1]}],
+                                    momentum=oc.momentum, weight_decay=oc.weight_decay)
+        start, history = resume.load(model, optimizer, device, ctx)
 
-    streams = domain_streams(config, domains, start, ctx, pin_memory=device.type == "cuda")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda")
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if main else distributed.NullWriter()
-    loss_fn = functools.partial(step_loss, config=config, domains=domains)
-    losses_log = engine.LossLog(every=10, total=total, hint="lower optim.lr")
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not (tc.progress and main), mininterval=2.0,
-               desc=f"{tc.mode} seed {tc.seed}")
-    results = None
-    model.train()
-    with engine.StopFlag() as stop:
-        for i in bar:
-            engine.seed_step(tc.seed, i, device)
-            engine.set_poly_lr(optimizer, base_lrs, i, total, oc.poly_power)
-            w_u = losses.unsupervised_weight(i, total, config.loss.unsupervised_w, config.loss.rampup)
-            w_w = losses.unsupervised_weight(i, total, config.weak.loss_w, config.loss.rampup)
-            with amp:
-                loss, terms = step_fn(loss_fn, next_batches(streams, device, weak), i, w_u, w_w)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        streams = domain_streams(config, domains, start, ctx, pin_memory=device.type == "cuda")
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda")
+        writer = EventWriter(out_dir / "tb", start) if main else distributed.NullWriter()
+        loss_fn = functools.partial(step_loss, config=config, domains=domains)
+        losses_log = engine.LossLog(every=10, total=total, hint=engine.DIVERGED.format(key="optim.lr"))
+        bar = tqdm(range(start, total), initial=start, total=total, disable=not (tc.progress and main), mininterval=2.0,
+                   desc=f"{tc.mode} seed {tc.seed}")
+        results = None
+        model.train()
+        with engine.StopFlag(watch_pid) as stop:
+            for i in bar:
+                engine.seed_step(tc.seed, i, device)
+                engine.set_poly_lr(optimizer, base_lrs, i, total, oc.poly_power)
+                w_u = losses.unsupervised_weight(i, total, config.loss.unsupervised_w, config.loss.rampup)
+                w_w = losses.unsupervised_weight(i, total, config.weak.loss_w, config.loss.rampup)
+                with amp:
+                    loss, terms = step_fn(loss_fn, next_batches(streams, device, weak), i, w_u, w_w)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
 
-            step, results = i + 1, None
-            means = losses_log.add(terms, step)
-            if means is not None:
-                _log_scalars(writer, means, optimizer, w_u if semi else None, step)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if "@" not in k}, refresh=False)
-            if main and (step % tc.eval_interval == 0 or step == total):
-                results = evaluate_domains(model, domains, device)
-                history.append(_history_entry(results, terms, optimizer, w_u if semi else None, step, len(domains)))
-                _log_evaluation(writer, history[-1], results, step, len(domains) > 1)
-            stopping = distributed.any_rank(stop.signum is not None, ctx)
-            if main and (stopping or step % tc.checkpoint_interval == 0):
-                resume.save(model, optimizer, step, history)
-            if stopping:
-                writer.close()
-                distributed.cleanup(ctx)
-                raise engine.Interrupted(
-                    f"stopped by signal {stop.signum} at iteration {step}; state saved to "
-                    f"{resume.path}"
-                )
-    bar.close()
-    writer.close()
-    if not main:
+                step, results = i + 1, None
+                means = losses_log.add(terms, step)
+                if means is not None:
+                    _log_scalars(writer, means, optimizer, w_u if semi else None, step)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if "@" not in k}, refresh=False)
+                if main and (step % tc.eval_interval == 0 or step == total):
+                    results = evaluate_domains(model, domains, device)
+                    history.append(_history_entry(results, terms, optimizer, w_u if semi else None, step, len(domains)))
+                    _log_evaluation(writer, history[-1], results, step, len(domains) > 1)
+                stopping = distributed.any_rank(stop.stopping, ctx)
+                if main and (stopping or step % tc.checkpoint_interval == 0):
+                    resume.save(model, optimizer, step, history)
+                if stopping:
+                    writer.close()
+                    resume.release()
+                    distributed.cleanup(ctx)
+                    raise engine.Interrupted(
+                        f"{stop.reason or 'stopped'} at iteration {step}; state saved to {resume.path} (the same "
+                        "command resumes from it)"
+                    )
+        bar.close()
+        writer.close()
+        if not main:
+            distributed.cleanup(ctx)
+            return {}
+
+        if results is None:  # resumed after the last iteration
+            results = evaluate_domains(model, domains, device)
+        metrics = _metrics(config, domains, results, history, total)
+        metrics.update(
+            wall_time_s=resume.wall_time(),
+            attempts=resume.attempts(total),
+            device=str(device),
+            world_size=ctx.world_size,
+            config=config_dict,
+            versions=engine.versions(),
+        )
+        save_config(config, out_dir / "config.yaml")
+        engine.save_checkpoint(
+            out_dir / "checkpoint.pt",
+            model,
+            config_dict,
+            {
+                d.name: {"class_names": list(d.train.class_names), "background_classes": d.train.background_classes}
+                for d in domains
+            },
+        )
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        if start < total:
+            resume.save(model, optimizer, total, history)
+        resume.finish()
         distributed.cleanup(ctx)
-        return {}
+        return metrics
+    finally:
+        resume.release()  # the resume folder's lock, whatever happened
 
-    if results is None:  # resumed after the last iteration
-        results = evaluate_domains(model, domains, device)
-    metrics = _metrics(config, domains, results, history, total)
-    metrics.update(
-        wall_time_s=resume.wall_time(),
-        device=str(device),
-        world_size=ctx.world_size,
-        config=config_dict,
-        versions=engine.versions(),
-    )
-    save_config(config, out_dir / "config.yaml")
-    engine.save_checkpoint(
-        out_dir / "checkpoint.pt",
-        model,
-        config_dict,
-        {
-            d.name: {"class_names": list(d.train.class_names), "background_classes": d.train.background_classes}
-            for d in domains
-        },
-    )
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    if start < total:
-        resume.save(model, optimizer, total, history)
-    distributed.cleanup(ctx)
-    return metrics
+
+class EventWriter:
+    """TensorBoard's SummaryWriter into ``directory`` whose failures name the folder: it writes from
+    a thread of its own and surfaces a full disk later as an OSError without a file name."""
+
+    def __init__(self, directory: Path, start: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.directory = directory
+        self._writer = self._call(SummaryWriter, str(directory), purge_step=start)
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            if exc.filename is not None or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(self.directory)) from exc
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        self._call(self._writer.add_scalar, *args, **kwargs)
+
+    def close(self) -> None:
+        self._call(self._writer.close)
 
 
 def check_run(config: RunConfig, domains: list[Domain], world_size: int) -> None:
@@ -242,6 +293,30 @@ def check_run(config: RunConfig, domains: list[Domain], world_size: int) -> None
             raise ConfigError(
                 f"train.{key}: {getattr(tc, key)} is not divisible by the {world_size} processes of this run"
             )
+
+
+def check_data(config: RunConfig, domains: list[Domain]) -> None:
+    """Before the first iteration, one pass over every mask the run will read: the validation set's
+    (its first evaluation may be thousands of iterations away), the labelled images' and the pseudo
+    labels'. A bad value, a size that differs from its image's, an unreadable file: ConfigError
+    naming the file now, not an error in the middle of training. A validation set without a single
+    labelled pixel has no mIoU: refused too."""
+    import time
+
+    t0 = time.perf_counter()
+    n = 0
+    for d in domains:
+        if d.val.check(range(len(d.val)), f"the {d.where} validation set") == 0:
+            raise ConfigError(
+                f"{d.where}: the validation set {d.val.name} has no labelled pixel (every mask value is 255): "
+                "its mIoU is undefined"
+            )
+        d.train.check(d.labeled, f"the labelled images of {d.where}")
+        n += len(d.val) + len(d.labeled)
+        if d.pseudo is not None:
+            d.pseudo.check(d.unlabeled, "weak.pseudo_labels")
+            n += len(d.unlabeled)
+    log.info("checked %d masks in %.1f s", n, time.perf_counter() - t0)
 
 
 def _model(config: RunConfig, domains: list[Domain], device: torch.device) -> CCT:
@@ -334,8 +409,8 @@ def step_loss(
         if lc.supervised == "abce":
             th = losses.abce_threshold(i, total, d.train.num_classes, lc.abce_final_threshold, lc.abce_rampup)
             sup = losses.annealed_bootstrapped_ce(logits_l.float(), y_l, th)
-        else:
-            sup = losses.cross_entropy(logits_l.float(), y_l)
+        else:  # loss.softmax_temp divides the supervised logits (the official CE_loss)
+            sup = losses.cross_entropy(logits_l.float(), y_l, lc.softmax_temp)
         add("loss_sup", d.name, sup)
         loss = loss + sup
         if x_u is None:
@@ -345,22 +420,32 @@ def step_loss(
         logits_u = m.decode(z_u, d.name)
         # The targets in the decoders' native layout, so the 30 outputs never need rearranging:
         # (B, 1, K, 4^n, h, w) for pixel-shuffle decoders (image layout for bilinear ones).
-        target = F.softmax(m.to_native(logits_u.detach().float(), d.name) / lc.softmax_temp, dim=1).unsqueeze(1)
+        target = F.softmax(m.to_native(logits_u.detach().float(), d.name), dim=1).unsqueeze(1)
         mask = losses.confidence_mask(target, lc.confidence_threshold if lc.confidence_masking else None)
         pseudo = None if y_w is None else m.to_native(y_w.unsqueeze(1), d.name)[:, 0]
-        values = m.auxiliary_objective(z_u, logits_u, _aux_terms(lc, target, mask, pseudo), d.name)
+        pairs = _pairwise_decoders(lc, len(m.heads[d.name].kinds), x_u.device)
+        values = m.auxiliary_objective(z_u, logits_u, _aux_terms(lc, target, mask, pseudo, pairs), d.name)
         add("loss_unsup", d.name, values[0])
         loss = loss + w_u * values[0]
         if pseudo is not None:  # ramped like w_u
             add("loss_weak", d.name, values[1])
             loss = loss + w_w * values[1]
-        if lc.pairwise_w > 0:
+        if lc.pairwise_w > 0:  # the official aux_constraint_w, not ramped (official defect 2: optimised here)
             add("loss_pairwise", d.name, values[-1])
-            loss = loss + w_u * lc.pairwise_w * values[-1]
+            loss = loss + lc.pairwise_w * values[-1]
     return loss, terms
 
 
-def _aux_terms(lc, target: torch.Tensor, mask: torch.Tensor | None, pseudo: torch.Tensor | None):
+def _pairwise_decoders(lc, n_aux: int, device: torch.device) -> torch.Tensor | None:
+    """The auxiliary decoders the pair-wise loss compares this step: ``loss.pairwise_decoders`` drawn
+    at random (the official draws 8), or None for all of them (or no pair-wise loss)."""
+    if lc.pairwise_w <= 0 or lc.pairwise_decoders == 0 or lc.pairwise_decoders >= n_aux:
+        return None
+    return torch.randperm(n_aux)[: lc.pairwise_decoders].to(device)
+
+
+def _aux_terms(lc, target: torch.Tensor, mask: torch.Tensor | None, pseudo: torch.Tensor | None,
+               pairs: torch.Tensor | None = None):
     """The objective of the auxiliary decoders (see :meth:`cct.model.decoders.DecoderBank.objective`):
     ``(aux logits, rows) -> (sums, counts)`` of unsup [, weak] [, pairwise] over the base-grid rows
     ``rows``, against the main prediction ``target``, masked by ``mask`` (confidence masking) and,
@@ -372,7 +457,7 @@ def _aux_terms(lc, target: torch.Tensor, mask: torch.Tensor | None, pseudo: torc
         if pseudo is not None:  # CE of every aux decoder against the pseudo labels
             parts.append(losses.weak_sums(aux, pseudo[at]))
         if lc.pairwise_w > 0:  # part of the optimised loss (official defect 2)
-            parts.append(losses.pairwise_sums(aux))
+            parts.append(losses.pairwise_sums(aux, pairs))
         return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
 
     return terms

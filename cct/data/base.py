@@ -48,20 +48,62 @@ class Source:
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self.files is not None:
             image_path, mask_path = self.files[index]
-            image, mask = read_image(image_path), read_mask(mask_path)
-            if image.shape[:2] != mask.shape:
-                raise ConfigError(
-                    f"{self.name}: {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
-                    f"{image.shape[1]}x{image.shape[0]}"
-                )
-            if self.label_map is not None:
-                mask = apply_label_map(mask, self.label_map, f"{self.name}: {mask_path}")
-            check_mask(mask, self.num_classes, f"{self.name}: {mask_path}")
-            return image, mask
+            image = read_image(image_path)
+            return image, self._file_mask(index, (image.shape[1], image.shape[0]))
         images, masks = self.arrays
         mask = masks[index].astype(np.int64)
         check_mask(mask, self.num_classes, f"{self.name}: {self.ids[index]}")
         return images[index], mask
+
+    def load_image(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image, an all-255 mask of its size): a sample whose labels are never read (the unlabelled
+        stream), so its mask file is neither decoded nor checked."""
+        image = read_image(self.files[index][0]) if self.files is not None else self.arrays[0][index]
+        return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.int64)
+
+    def _file_mask(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
+        """The class mask of a file-backed sample whose image is ``image_size`` (w, h), checked."""
+        image_path, mask_path = self.files[index]
+        mask = read_mask(mask_path)
+        if (mask.shape[1], mask.shape[0]) != tuple(image_size):
+            raise ConfigError(
+                f"{self.name}: {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                f"{image_size[0]}x{image_size[1]}"
+            )
+        if self.label_map is not None:
+            mask = apply_label_map(mask, self.label_map, f"{self.name}: {mask_path}")
+        check_mask(mask, self.num_classes, f"{self.name}: {mask_path}")
+        return mask
+
+    def check(self, indices, what: str) -> int:
+        """Check the masks of the samples ``indices`` (their values, and for files their size against
+        the image's header and the image's format) without decoding images; ConfigError naming the
+        first bad file, and ``what`` (e.g. "data.labeled_list"). Returns the number of labelled
+        (not 255) pixels. One pass over the masks: run before training, so a bad mask stops a run at
+        its start rather than at the first evaluation."""
+        indices = list(indices)
+        if self.files is None:
+            masks = self.arrays[1]
+            labelled = 0
+            for start in range(0, len(indices), 256):
+                chunk = np.asarray(masks[indices[start:start + 256]])
+                bad = (chunk >= self.num_classes) & (chunk != IGNORE_INDEX)
+                if bad.any() or (chunk < 0).any():
+                    first = indices[start + int(np.flatnonzero((bad | (chunk < 0)).reshape(len(chunk), -1).any(1))[0])]
+                    try:
+                        check_mask(masks[first].astype(np.int64), self.num_classes, f"{self.name}: {self.ids[first]}")
+                    except ConfigError as exc:
+                        raise ConfigError(f"{what}: {exc}") from None
+                labelled += int((chunk != IGNORE_INDEX).sum())
+            return labelled
+        labelled = 0
+        for i in indices:
+            try:
+                mask = self._file_mask(i, image_size(self.files[i][0]))
+            except ConfigError as exc:
+                raise ConfigError(f"{what}: {exc}") from None
+            labelled += int((mask != IGNORE_INDEX).sum())
+        return labelled
 
     def subset(self, ids: list[str], what: str) -> list[int]:
         """Indices of ``ids``; an unknown id raises ConfigError naming ``what`` (the list) and the id."""
@@ -95,16 +137,41 @@ def default_palette(n: int = 256) -> np.ndarray:
     return palette
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""Images above this size are refused: twice the largest image of any supported dataset's (Cityscapes,
+2048 x 1024) on each side; a photo of hundreds of megapixels would be decoded, then run out of
+memory in the model with no message."""
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as uint8 (H, W, 3) RGB (greyscale and palette images are converted)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ConfigError(
+                    f"image {path} is {width}x{height}: more than {MAX_IMAGE_PIXELS // 10**6} megapixels; resize it"
+                )
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError:
         raise ConfigError(f"image file not found: {path}") from None
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError, ValueError) as exc:  # OSError: UnidentifiedImageError too
+        raise ConfigError(f"cannot read image {path} ({exc})") from exc
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header (nothing decoded); ConfigError naming the file
+    when it is missing or not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise ConfigError(f"image file not found: {path}") from None
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
         raise ConfigError(f"cannot read image {path} ({exc})") from exc
 
 
@@ -123,7 +190,7 @@ def read_mask(path: str | Path) -> np.ndarray:
             return np.asarray(mask).astype(np.int64)
     except FileNotFoundError:
         raise ConfigError(f"mask file not found: {path}") from None
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError, ValueError) as exc:
         raise ConfigError(f"cannot read mask {path} ({exc})") from exc
 
 
@@ -174,6 +241,8 @@ def _load_embedded(config: DataConfig, split: str) -> Source:
 
     if config.domain not in embedded.DOMAINS:
         raise ConfigError(f"data.domain: {config.domain!r} is not one of {sorted(embedded.DOMAINS)}")
+    if split not in embedded.SPLIT_SIZES:
+        raise ConfigError(f"split {split!r}: the embedded dataset has the splits {list(embedded.SPLIT_SIZES)}")
     # written once by `cct embedded` (the workflow), or generated here
     data = embedded.read(config.root, split, config.domain) if config.root else embedded.generate(split, config.domain)
     return Source(
@@ -204,6 +273,21 @@ LOADERS: dict[str, Callable[[DataConfig, str], Source]] = {
     "camvid": _lazy("cct.data.camvid"),
     "sunrgbd": _lazy("cct.data.sunrgbd"),
 }
+
+
+def train_size(config: DataConfig) -> int:
+    """The number of images of the training split of ``config``'s dataset, counted from file names and
+    lists without reading an image (the workflow's dry run checks label counts against it);
+    ConfigError when the dataset's root is missing."""
+    if config.dataset == "embedded":
+        from cct.data import embedded
+
+        if config.domain not in embedded.DOMAINS:
+            raise ConfigError(f"data.domain: {config.domain!r} is not one of {sorted(embedded.DOMAINS)}")
+        return embedded.SPLIT_SIZES["train"]
+    if config.dataset not in LOADERS:
+        raise ConfigError(f"data.dataset: {config.dataset!r} has no loader (available: {', '.join(LOADERS)})")
+    return importlib.import_module(f"cct.data.{config.dataset}").train_size(config)
 
 
 def load_source(config: DataConfig, split: str) -> Source:

@@ -26,6 +26,12 @@ SPLITS = ("train", "val", "test")
 ROOT_HINT = "the CamVid folder holding train/, trainannot/, val/, valannot/, test/ and testannot/ (SegNet layout)"
 
 
+def train_size(config: DataConfig) -> int:
+    """The number of training images, from the file names alone (for the workflow's dry run)."""
+    image_dir = require(dataset_root(config, ROOT_HINT) / "train", f"the CamVid train images ({ROOT_HINT})")
+    return sum(1 for n in os.listdir(image_dir) if n.lower().endswith(".png"))
+
+
 def load_source(config: DataConfig, split: str) -> Source:
     if split not in SPLITS:
         raise ConfigError(f"split {split!r}: CamVid has the splits {list(SPLITS)}")

@@ -62,6 +62,18 @@ def palette() -> np.ndarray:
     return colours
 
 
+def train_size(config: DataConfig) -> int:
+    """The number of training images, from the file names alone (for the workflow's dry run)."""
+    image_dir = require(dataset_root(config, ROOT_HINT) / "leftImg8bit" / "train", _HINTS["leftImg8bit"])
+    return sum(
+        1
+        for city in os.listdir(image_dir)
+        if (image_dir / city).is_dir()
+        for name in os.listdir(image_dir / city)
+        if name.endswith(IMAGE_SUFFIX)
+    )
+
+
 def load_source(config: DataConfig, split: str) -> Source:
     if split not in SPLITS:
         raise ConfigError(f"split {split!r}: Cityscapes has the splits {list(SPLITS)} (test labels are not public)")

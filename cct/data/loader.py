@@ -24,17 +24,20 @@ _STREAMS = {"labeled": 1, "unlabeled": 2}
 
 class AugmentedDataset(Dataset):
     """Wraps a Source; item (index, aug_seed) -> (image float (3, h, w), mask int64 (h, w)), the
-    augmentation drawn from a generator seeded with aug_seed (the global generator is untouched)."""
+    augmentation drawn from a generator seeded with aug_seed (the global generator is untouched).
+    Without ``labels`` the masks are all 255 and no mask file is read (an unlabelled stream, whose
+    ground truth is never used: the same draws, so the same images)."""
 
-    def __init__(self, source: Source, transform) -> None:
-        self.source, self.transform = source, transform
+    def __init__(self, source: Source, transform, labels: bool = True) -> None:
+        self.source, self.transform, self.labels = source, transform, labels
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = key
-        image, mask = to_tensors(*self.source.load(index))
+        sample = self.source.load(index) if self.labels else self.source.load_image(index)
+        image, mask = to_tensors(*sample)
         return self.transform(image, mask, torch.Generator().manual_seed(seed))
 
 
@@ -74,10 +77,10 @@ class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
 
 def batch_stream(
     source: Source, pool: list[int], transform, batch_size: int, seed: int, stream: str, start: int, stop: int,
-    num_workers: int = 0, pin_memory: bool = False,
+    num_workers: int = 0, pin_memory: bool = False, labels: bool = True,
 ) -> DataLoader:
     sampler = IterationBatchSampler(pool, batch_size, seed, stream, start, stop)
     return DataLoader(
-        AugmentedDataset(source, transform), batch_sampler=sampler, num_workers=num_workers,
+        AugmentedDataset(source, transform, labels), batch_sampler=sampler, num_workers=num_workers,
         pin_memory=pin_memory, persistent_workers=False,
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cct.config import ConfigError
+from cct.config import ConfigError, read_text_file
 from cct.io import atomic_write_text
 
 
@@ -81,10 +81,8 @@ def make_split(ids: list[str], n_labeled: int, seed: int, image_labels: np.ndarr
 
 
 def read_list(path: str | Path, what: str) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what}: file not found: {path}")
-    names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    """The ids of a list file: the first field of every non-empty line (UTF-8 text)."""
+    names = [line.split()[0] for line in read_text_file(path, what, kind="list of ids").splitlines() if line.strip()]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ConfigError(f"{what}: {path} lists {dup!r} more than once")

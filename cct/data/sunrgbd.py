@@ -36,6 +36,17 @@ ROOT_HINT = ("the folder holding SUNRGBD-train_images/, SUNRGBD-test_images/ and
              "(the RGB release of ankurhanda/sunrgbd-meta-data)")
 
 
+def _is_image(name: str) -> bool:
+    stem, ext = os.path.splitext(name)
+    return ext.lower() in (".jpg", ".jpeg", ".png") and stem.startswith("img-") and stem[4:].isdigit()
+
+
+def train_size(config: DataConfig) -> int:
+    """The number of training images, from the file names alone (for the workflow's dry run)."""
+    image_dir = require(dataset_root(config, ROOT_HINT) / SPLITS["train"], ROOT_HINT)
+    return sum(1 for n in os.listdir(image_dir) if _is_image(n))
+
+
 def load_source(config: DataConfig, split: str) -> Source:
     if split not in SPLITS:
         raise ConfigError(f"split {split!r}: SUN RGB-D has the splits {list(SPLITS)} (val is the test set)")
@@ -46,9 +57,9 @@ def load_source(config: DataConfig, split: str) -> Source:
     offset = 0 if SPLITS[split] == SPLITS["val"] else N_TEST
     ids, files = [], []
     for name in sorted(os.listdir(image_dir)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in (".jpg", ".jpeg", ".png") or not stem.startswith("img-") or not stem[4:].isdigit():
+        if not _is_image(name):
             continue
+        stem = os.path.splitext(name)[0]
         mask = mask_dir / f"img-{int(stem[4:]) + offset:06d}.png"
         if not mask.is_file():
             raise ConfigError(f"data.root: {mask} not found (the label of {image_dir / name})")

@@ -1,7 +1,8 @@
 """Joint image/mask augmentation of the training crops, and the normalisation of every image.
 
-Training crops: a random rescale of the long side, a random crop padded with 0 in the image and 255
-(ignored) in the mask, a horizontal flip, then ImageNet normalisation. These are the operations of
+Training crops: a random rescale of the long side, a random crop padded with 0 (``data.pad_fill:
+zero``; or the mean pixel, ``mean``, the official code's) in the image and 255 (ignored) in the
+mask, a horizontal flip, then ImageNet normalisation. These are the operations of
 ``torchvision.transforms.v2`` (``Resize(max_size=...)`` with antialiasing, ``RandomCrop(
 pad_if_needed=True)``, ``RandomHorizontalFlip``, ``ToDtype``, ``Normalize``) on the same torch
 kernels, with the same random draws in the same order (a test checks them equal to v2's on the same
@@ -89,6 +90,9 @@ class TrainTransform:
         base = config.base_size or image_size
         self.lo, self.hi = int(base * config.scale_range[0]), int(base * config.scale_range[1])
         self.crop, self.flip = config.crop_size, config.flip
+        # the colour of the padding of a crop larger than the image: black, or the mean pixel (the official)
+        fill = None if config.pad_fill == "zero" else [round(m * 255) for m in MEAN]
+        self.fill = None if fill is None else torch.tensor(fill, dtype=torch.uint8)
         self.normalize = normalize()
         self.native = _native_uint8_bilinear()
 
@@ -108,7 +112,13 @@ class TrainTransform:
         # where smaller than the crop, pad both sides by the shortfall (torchvision's pad_if_needed)
         dy, dx = max(self.crop - h, 0), max(self.crop - w, 0)
         if dy or dx:
-            image = F.pad(image, (dx, dx, dy, dy), value=0)
+            if self.fill is None:
+                image = F.pad(image, (dx, dx, dy, dy), value=0)
+            else:  # per channel: the mean pixel
+                canvas = self.fill.to(image.dtype).view(-1, 1, 1).expand(image.shape[0], h + 2 * dy, w + 2 * dx)
+                canvas = canvas.clone()
+                canvas[:, dy : dy + h, dx : dx + w] = image
+                image = canvas
             mask = F.pad(mask, (dx, dx, dy, dy), value=IGNORE_INDEX)
             h, w = h + 2 * dy, w + 2 * dx
         top = int(torch.randint(0, h - self.crop + 1, size=(), generator=generator)) if h > self.crop else 0

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cct.config import ConfigError, DataConfig
+from cct.config import ConfigError, DataConfig, read_text_file
 from cct.data.base import Source, background_classes, dataset_root, require
 
 CLASS_NAMES = (
@@ -66,7 +66,8 @@ def voc_dir(root: Path) -> Path:
 def _ids(path: Path, what: str) -> list[str]:
     """Ids of a list file: the first field of each line, as a file stem (``/JPEGImages/x.jpg`` -> ``x``)."""
     require(path, what)
-    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+    text = read_text_file(path, "data.root", kind="list of ids")
+    ids = [Path(line.split()[0]).stem for line in text.splitlines() if line.strip()]
     if not ids:
         raise ConfigError(f"data.root: {path} lists no images")
     return ids
@@ -98,6 +99,44 @@ def image_labels(annotations: Path, ids: list[str]) -> np.ndarray:
     return labels
 
 
+# The sizes of the official release: the lists of VOC 2012 and the train_aug set of SegmentationClassAug.zip
+TRAIN_LIST_SIZE, VAL_LIST_SIZE, TRAIN_AUG_SIZE = 1464, 1449, 10582
+
+
+def _train_ids(base: Path, val_ids: list[str]) -> list[str]:
+    """The training ids: ``train_aug.txt`` when present, else every SegmentationClassAug mask, minus
+    val. Without the list, a release whose VOC 2012 lists are the official ones must give the
+    official 10,582 images: fewer means a mask is missing, which would shrink the training set
+    without a word."""
+    masks = base / "SegmentationClassAug"
+    listed = base / "ImageSets/Segmentation/train_aug.txt"
+    if listed.is_file():
+        ids = sorted(set(_ids(listed, "the train_aug list")))
+    else:
+        ids = sorted(p[:-4] for p in os.listdir(masks) if p.endswith(".png"))
+    val = set(val_ids)
+    ids = [i for i in ids if i not in val]
+    if not ids:
+        raise ConfigError(f"data.root: {masks} holds no masks of training images ({_HINTS['SegmentationClassAug']})")
+    if not listed.is_file() and len(ids) != TRAIN_AUG_SIZE and len(val_ids) == VAL_LIST_SIZE:
+        train = base / "ImageSets/Segmentation/train.txt"
+        if train.is_file() and len(_ids(train, "the train list")) == TRAIN_LIST_SIZE:
+            raise ConfigError(
+                f"data.root: {masks} holds the masks of {len(ids)} training images, but train_aug (VOC 2012 + SBD) has "
+                f"{TRAIN_AUG_SIZE:,}: re-extract SegmentationClassAug.zip into VOC2012/ (a mask is missing), or, to "
+                f"train on another set, list its ids in {listed}"
+            )
+    return ids
+
+
+def train_size(config: DataConfig) -> int:
+    """The number of training images, from the lists and file names alone (for the workflow's dry run)."""
+    base = voc_dir(dataset_root(config, ROOT_HINT))
+    val = require(base / "ImageSets/Segmentation/val.txt", _HINTS["ImageSets/Segmentation/val.txt"])
+    require(base / "SegmentationClassAug", _HINTS["SegmentationClassAug"])
+    return len(_train_ids(base, _ids(val, _HINTS["ImageSets/Segmentation/val.txt"])))
+
+
 def load_source(config: DataConfig, split: str) -> Source:
     if split not in SPLITS:
         raise ConfigError(f"split {split!r}: VOC has the splits {list(SPLITS)}")
@@ -110,17 +149,7 @@ def load_source(config: DataConfig, split: str) -> Source:
         ids, masks, first = val_ids, base / "SegmentationClass", None
     else:
         masks = base / "SegmentationClassAug"
-        listed = base / "ImageSets/Segmentation/train_aug.txt"
-        if listed.is_file():
-            ids = sorted(set(_ids(listed, "the train_aug list")))
-        else:
-            ids = sorted(p[:-4] for p in os.listdir(masks) if p.endswith(".png"))
-        val = set(val_ids)
-        ids = [i for i in ids if i not in val]
-        if not ids:
-            raise ConfigError(
-                f"data.root: {masks} holds no masks of training images ({_HINTS['SegmentationClassAug']})"
-            )
+        ids = _train_ids(base, val_ids)
         first = _ids(base / "ImageSets/Segmentation/train.txt", _HINTS["ImageSets/Segmentation/train.txt"])
         known = set(ids)
         outside = [i for i in first if i not in known]

@@ -63,9 +63,12 @@ def load_pretrained(backbone: nn.Module, name: str, pretrained: bool | str) -> N
         path, how = Path(pretrained), "give model.pretrained as the path of a torchvision ResNet state dict"
     if not path.is_file():
         raise ConfigError(f"model.pretrained: weights file not found: {path}; {how}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    state = read_checkpoint(path, "model.pretrained", f"{name} state dict")
+    state = {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith("fc."))}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError) as exc:  # shapes that do not fit
+        raise ConfigError(f"model.pretrained: {path} does not match {name} ({first_line(exc)})") from exc
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ConfigError(
@@ -159,13 +162,16 @@ def load_encoder_checkpoint(encoder: nn.Module, path: str, parts: tuple[str, ...
             f"model.pretrained: checkpoint not found: {path}; for the small encoder give the checkpoint.pt of a "
             "`cct train` run with the same model.width and model.output_stride"
         )
-    state = read_checkpoint(path, "model.pretrained")
-    weights = {k[len("encoder.") :]: v for k, v in state.get("model", state).items() if k.startswith("encoder.")}
+    state = read_checkpoint(path, "model.pretrained", "cct train checkpoint")
+    model = state.get("model", state)
+    if not isinstance(model, dict):
+        raise ConfigError(f"model.pretrained: {path} holds no weights (a {type(model).__name__})")
+    weights = {k[len("encoder.") :]: v for k, v in model.items() if isinstance(k, str) and k.startswith("encoder.")}
     if parts is not None:
         weights = {k: v for k, v in weights.items() if k.split(".", 1)[0] in parts}
     try:
         encoder.load_state_dict(weights)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"model.pretrained: {path} does not fit this encoder ({first_line(exc)})") from exc
 
 

@@ -32,7 +32,7 @@ from cct.config import CamModelConfig, CamRunConfig, ConfigError, save_config
 from cct.data.base import Source, load_source
 from cct.data.loader import AugmentedDataset, IterationBatchSampler
 from cct.data.transforms import normalize, to_tensors, train_transform
-from cct.io import atomic_torch_save, atomic_write_json, first_line, read_checkpoint
+from cct.io import atomic_torch_save, atomic_write_json, check_replaceable_dir, first_line, read_checkpoint
 from cct.model.encoder import SmallEncoder, load_encoder_checkpoint, resnet_backbone
 
 log = logging.getLogger("cct.cam")
@@ -125,67 +125,87 @@ def image_level_accuracy(model: CamNet, source: Source, device: torch.device) ->
     return {"val_label_accuracy": 100.0 * correct / (n * k), "val_exact_match": 100.0 * exact / n}
 
 
-def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path | None = None) -> dict:
+# Keys of a CAM config that change how it executes but not its numbers (see cct.train._EXECUTION_KEYS:
+# the device type is compared through the state's execution record; train.threads changes the numbers).
+_EXECUTION_KEYS = {("train", "device"), ("data", "num_workers")}
+
+
+def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path | None = None, *,
+              stale: str = "refuse", watch_pid: int | None = None) -> dict:
     """Train the CAM classifier on every training image's image-level labels; write ``config.yaml``,
-    ``checkpoint.pt`` and ``metrics.json`` under ``out_dir`` (resume state in ``resume_dir``)."""
+    ``checkpoint.pt`` and ``metrics.json`` under ``out_dir`` (resume state in ``resume_dir``; ``stale``
+    and ``watch_pid`` as for :func:`cct.train.train`)."""
     out_dir, tc = Path(out_dir), config.train
     device = engine.setup(tc.device, tc.threads).device
-    source = load_source(config.data, "train")
-    labels = foreground_labels(source)
-    torch.manual_seed(tc.seed)
-    model = CamNet(config.model, labels.shape[1]).to(device)
-    backbone, head = model.parameter_groups()
-    base_lrs = [tc.lr, tc.lr * tc.classifier_lr_factor]
-    optimizer = torch.optim.SGD([{"params": backbone}, {"params": head}], lr=tc.lr, momentum=tc.momentum,
-                                weight_decay=tc.weight_decay)
     config_dict = config.to_dict()
-    resume = engine.ResumeState(Path(resume_dir or out_dir / "resume"), config_dict)
-    start, history = resume.load(model, optimizer, device)
-    batches = _batches(config, source, start)
-    losses = engine.LossLog(every=50, total=tc.iterations, hint="lower train.lr")
-
-    model.train()
-    with engine.StopFlag() as stop:
-        for i, (x, y) in enumerate(batches, start=start):
-            engine.seed_step(tc.seed, i, device)
-            engine.set_poly_lr(optimizer, base_lrs, i, tc.iterations, tc.poly_power)
-            loss = F.multilabel_soft_margin_loss(model(x.to(device)), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step = i + 1
-            means = losses.add({"loss": loss}, step)
-            if means is not None:
-                history.append({"iteration": step, **means})
-            if stop.signum is not None or step % 200 == 0:
-                resume.save(model, optimizer, step, history)
-            if stop.signum is not None:
-                raise engine.Interrupted(
-                    f"stopped by signal {stop.signum} at iteration {step}; state saved to "
-                    f"{resume.path}"
-                )
-    val = image_level_accuracy(model, load_source(config.data, "val"), device)
-    metrics = {
-        **val,
-        "final_loss": history[-1]["loss"] if history else None,
-        "history": history,
-        "iterations": tc.iterations,
-        "n_images": len(source),
-        "class_names": list(source.class_names),
-        "wall_time_s": resume.wall_time(),
-        "device": str(device),
-        "config": config_dict,
-        "versions": engine.versions(),
-    }
-    save_config(config, out_dir / "config.yaml")
-    atomic_torch_save(
-        {"model": model.state_dict(), "config": config_dict, "class_names": list(source.class_names)},
-        out_dir / "checkpoint.pt",
+    resume = engine.ResumeState(
+        Path(resume_dir or out_dir / "resume"), config_dict, stale=stale, execution={"device": device.type},
+        identity=lambda c: engine.numeric_identity(c, _EXECUTION_KEYS),
     )
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    if start < tc.iterations:
-        resume.save(model, optimizer, tc.iterations, history)
-    return metrics
+    resume.prepare()  # a stale state is refused before the data is read
+    try:
+        source = load_source(config.data, "train")
+        labels = foreground_labels(source)
+        val = load_source(config.data, "val")
+        val.check(range(len(val)), "the validation set")  # read at the end: checked now
+        torch.manual_seed(tc.seed)
+        model = CamNet(config.model, labels.shape[1]).to(device)
+        backbone, head = model.parameter_groups()
+        base_lrs = [tc.lr, tc.lr * tc.classifier_lr_factor]
+        optimizer = torch.optim.SGD([{"params": backbone}, {"params": head}], lr=tc.lr, momentum=tc.momentum,
+                                    weight_decay=tc.weight_decay)
+        start, history = resume.load(model, optimizer, device)
+        batches = _batches(config, source, start)
+        losses = engine.LossLog(every=50, total=tc.iterations, hint=engine.DIVERGED.format(key="train.lr"))
+
+        model.train()
+        with engine.StopFlag(watch_pid) as stop:
+            for i, (x, y) in enumerate(batches, start=start):
+                engine.seed_step(tc.seed, i, device)
+                engine.set_poly_lr(optimizer, base_lrs, i, tc.iterations, tc.poly_power)
+                loss = F.multilabel_soft_margin_loss(model(x.to(device)), y.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step = i + 1
+                means = losses.add({"loss": loss}, step)
+                if means is not None:
+                    history.append({"iteration": step, **means})
+                stopping = stop.stopping
+                if stopping or step % 200 == 0:
+                    resume.save(model, optimizer, step, history)
+                if stopping:
+                    resume.release()
+                    raise engine.Interrupted(
+                        f"{stop.reason} at iteration {step}; state saved to {resume.path} (the same command resumes "
+                        "from it)"
+                    )
+        val = image_level_accuracy(model, val, device)
+        metrics = {
+            **val,
+            "final_loss": history[-1]["loss"] if history else None,
+            "history": history,
+            "iterations": tc.iterations,
+            "n_images": len(source),
+            "class_names": list(source.class_names),
+            "wall_time_s": resume.wall_time(),
+            "attempts": resume.attempts(tc.iterations),
+            "device": str(device),
+            "config": config_dict,
+            "versions": engine.versions(),
+        }
+        save_config(config, out_dir / "config.yaml")
+        atomic_torch_save(
+            {"model": model.state_dict(), "config": config_dict, "class_names": list(source.class_names)},
+            out_dir / "checkpoint.pt",
+        )
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        if start < tc.iterations:
+            resume.save(model, optimizer, tc.iterations, history)
+        resume.finish()
+        return metrics
+    finally:
+        resume.release()  # the resume folder's lock, whatever happened
 
 
 def _batches(config: CamRunConfig, source: Source, start: int) -> DataLoader:
@@ -251,6 +271,7 @@ def infer_cams(checkpoint: str | Path, out_dir: str | Path, overrides: list[str]
     Written into ``out_dir.partial`` and renamed when complete: a cut job leaves no half folder."""
     from cct.config import from_dict
 
+    out_dir = check_replaceable_dir(out_dir, "cams.json", "--out")
     model, config = load_cam(checkpoint)
     if overrides:
         config = from_dict(config.to_dict(), overrides, kind=CamRunConfig)
@@ -288,12 +309,24 @@ def infer_cams(checkpoint: str | Path, out_dir: str | Path, overrides: list[str]
     return summary
 
 
-def read_cams(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(classes int64 (n,), cams float32 (n, H, W) in [0, 1]) from one ``<id>.npz``."""
+def read_cams(path: str | Path, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(classes int64 (n,), cams float32 (n, H, W) in [0, 1]) from one ``<id>.npz``; ConfigError naming
+    the file when it is missing, not such a file, or (``num_classes`` K given) names classes outside
+    1..K-1."""
     try:
-        with np.load(path) as data:
-            return data["classes"].astype(np.int64), data["cams"].astype(np.float32) / 255.0
+        with np.load(path, allow_pickle=False) as data:
+            classes, cams = data["classes"], data["cams"]
+            if classes.ndim != 1 or cams.ndim != 3 or len(classes) != len(cams):
+                raise ValueError(f"classes {classes.shape} and cams {cams.shape} do not match")
+            if classes.dtype.kind not in "iu" or cams.dtype != np.uint8:
+                raise ValueError(f"classes of type {classes.dtype}, cams of type {cams.dtype}")
+            classes = classes.astype(np.int64)
     except FileNotFoundError:
         raise ConfigError(f"--cams: CAM file not found: {path}") from None
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"--cams: {path} is not a CAM file of `cct cam infer` ({exc})") from exc
+    except Exception as exc:  # a file of the user's: np.load raises many types (or yields an array, not an npz)
+        raise ConfigError(f"--cams: {path} is not a CAM file of `cct cam infer` ({first_line(exc)})") from exc
+    if num_classes is not None and ((classes < 1) | (classes >= num_classes)).any():
+        raise ConfigError(
+            f"--cams: {path} names classes {classes.tolist()}, not foreground classes 1..{num_classes - 1}"
+        )
+    return classes, cams.astype(np.float32) / 255.0

@@ -19,7 +19,7 @@ import numpy as np
 from cct import IGNORE_INDEX
 from cct.config import CamRunConfig, ConfigError
 from cct.data.base import Source, default_palette, load_source, read_mask
-from cct.io import atomic_write_json
+from cct.io import OutputError, atomic_write_json, check_replaceable_dir, same_path
 from cct.weak.cam import foreground_labels, id_filename, read_cams
 
 
@@ -70,11 +70,14 @@ def make_pseudo_labels(config: CamRunConfig, cams_dir: str | Path, out_dir: str 
     Written into ``out_dir.partial`` and renamed when complete."""
     import shutil
 
-    source = load_source(config.data, "train")
-    foreground_labels(source)
-    cams_dir, out_dir = Path(cams_dir), Path(out_dir)
+    cams_dir = Path(cams_dir)
+    if str(out_dir).strip() and same_path(cams_dir, out_dir):
+        raise OutputError(f"--out: {out_dir} is the --cams folder; give another folder")
+    out_dir = check_replaceable_dir(out_dir, "summary.json", "--out")
     if not cams_dir.is_dir():
         raise ConfigError(f"--cams: not a directory: {cams_dir}")
+    source = load_source(config.data, "train")
+    foreground_labels(source)
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -83,7 +86,7 @@ def make_pseudo_labels(config: CamRunConfig, cams_dir: str | Path, out_dir: str 
     ignored = total = 0
     t0 = time.perf_counter()
     for i, image_id in enumerate(source.ids):
-        classes, cams = read_cams(cams_dir / f"{id_filename(image_id)}.npz")
+        classes, cams = read_cams(cams_dir / f"{id_filename(image_id)}.npz", k)
         label = pseudo_label(cams, classes, p.fg_threshold, p.bg_threshold)
         write_png(partial / f"{id_filename(image_id)}.png", label)
         truth = source.load(i)[1]

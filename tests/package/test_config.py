@@ -130,7 +130,8 @@ def test_load_config_errors_name_the_file_and_key(tmp_path):
         load_config(listing)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert load_config(empty) == from_dict(None)
+    with pytest.raises(ConfigError, match="empty.yaml: the file holds no keys"):  # not the defaults, silently
+        load_config(empty)
 
 
 @pytest.mark.parametrize("override,key", [

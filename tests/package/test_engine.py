@@ -58,18 +58,24 @@ def test_loss_log_reads_means_at_its_interval_and_stops_a_diverged_run():
 
 
 def test_resume_state_restores_a_run_of_the_same_config_only(tmp_path):
+    from cct.config import ConfigError
+
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.ones(1, 2)).sum().backward()
     optimizer.step()
     state = engine.ResumeState(tmp_path, {"train": {"seed": 0}})
     state.save(model, optimizer, 7, [{"iteration": 5}])
+    state.release()
     fresh = torch.nn.Linear(2, 2)
     fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
-    assert engine.ResumeState(tmp_path, {"train": {"seed": 0}}).load(fresh, fresh_opt, torch.device("cpu")) == (
-        7, [{"iteration": 5}])
+    same = engine.ResumeState(tmp_path, {"train": {"seed": 0}})
+    assert same.load(fresh, fresh_opt, torch.device("cpu")) == (7, [{"iteration": 5}])
+    same.release()
     assert torch.equal(fresh.weight, model.weight)
     other = torch.nn.Linear(2, 2)
     other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
-    start = engine.ResumeState(tmp_path, {"train": {"seed": 1}}).load(other, other_opt, torch.device("cpu"))
-    assert start == (0, [])  # another config: not resumed
+    with pytest.raises(ConfigError, match=r"train\.seed: 0 -> 1"):  # another config: refused, named
+        engine.ResumeState(tmp_path, {"train": {"seed": 1}}).load(other, other_opt, torch.device("cpu"))
+    restart = engine.ResumeState(tmp_path, {"train": {"seed": 1}}, stale="restart")
+    assert restart.load(other, other_opt, torch.device("cpu")) == (0, [])  # or discarded on request

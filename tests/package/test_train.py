@@ -181,23 +181,28 @@ def test_semi_mode_without_aux_decoders_is_rejected(tmp_path):
         train(from_dict(None, TINY + aux_off), tmp_path)
 
 
-def test_resume_state_of_another_config_is_ignored_but_execution_keys_may_differ(semi_reference, tmp_path, caplog):
+def test_resume_state_of_other_numbers_is_refused_but_execution_keys_may_differ(semi_reference, tmp_path, caplog):
     ref_dir, ref = semi_reference
     state = ref_dir / "resume" / "state.pt"
-    # same numbers, different execution settings (progress bar, threads): resumes at the end, no training
+    # same numbers, different execution settings (progress bar, loader processes): resumes at the end
     (tmp_path / "same" / "resume").mkdir(parents=True)
     (tmp_path / "same" / "resume" / "state.pt").write_bytes(state.read_bytes())
     with caplog.at_level(logging.INFO, logger="cct.engine"):
-        same = train(from_dict(None, SEMI + ["train.progress=true", "train.threads=2"]), tmp_path / "same")
+        same = train(from_dict(None, SEMI + ["train.progress=true", "data.num_workers=1"]), tmp_path / "same")
     assert any("resuming from" in r.getMessage() and "at iteration 48" in r.getMessage() for r in caplog.records)
     assert numbers(same) == numbers(ref)
     caplog.clear()
-    # a different numeric config must not pick the state up
+    # other numbers (another thread count, another config) must not pick the state up: refused ...
     (tmp_path / "other" / "resume").mkdir(parents=True)
     (tmp_path / "other" / "resume" / "state.pt").write_bytes(state.read_bytes())
+    for override, named in (("train.threads=2", "train.threads: 1 -> 2"), ("train.iterations=2", "train.iterations")):
+        with pytest.raises(ConfigError, match=named):
+            train(from_dict(None, SEMI + [override, "train.eval_interval=2"]), tmp_path / "other")
+    # ... or, asked to, discarded
     with caplog.at_level(logging.INFO, logger="cct.engine"):
-        other = train(from_dict(None, SEMI + ["train.iterations=2", "train.eval_interval=2"]), tmp_path / "other")
-    assert any("different config" in r.getMessage() for r in caplog.records)
+        other = train(from_dict(None, SEMI + ["train.iterations=2", "train.eval_interval=2"]), tmp_path / "other",
+                      stale="restart")
+    assert any("discarding" in r.getMessage() for r in caplog.records)
     assert not any("resuming from" in r.getMessage() for r in caplog.records)
     assert [h["iteration"] for h in other["history"]] == [2]
 

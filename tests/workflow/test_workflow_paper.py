@@ -51,8 +51,10 @@ def job_counts(stdout: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory):
+    """A VOC tree with the paper's 1,464 train ids (and a few more training images): the dry run
+    checks every label count against the training images it finds."""
     root = tmp_path_factory.mktemp("voc_data")
-    _layouts().voc_tree(root)
+    _layouts().voc_tree(root, train=1464, extra=8, val=3, size=(8, 8))
     return root
 
 
@@ -119,12 +121,12 @@ def test_ablation_dry_run(workdir, voc_root):
     assert all("dataset=voc, setting=perturbation_ablation" in w and "labels=1464" in w for w in trained)
 
 
-def test_ablation_uses_the_voc_protocol():
+def test_ablation_uses_the_voc_protocol(voc_root):
     voc, ablation = load("voc.yaml"), load("ablation.yaml")
     assert ablation["cct"] == voc["cct"] and ablation["resources"] == voc["resources"]
     assert ablation["datasets"]["voc"]["cct"] == voc["datasets"]["voc"]["cct"]
     assert ablation["settings"]["perturbation_ablation"]["label_count"] == 1464
-    config = merged(ablation, {"data_root": "/data"})
+    config = merged(ablation, {"data_root": str(voc_root)})  # the dry run checks that the root exists
     runs = grid.check_config(config)
     one = grid.workflow_run_config(config, next(r for r in runs if r.method == "cutout"))
     assert one["model"]["aux"] == dict(vat=0, dropout=0, cutout=6, context_masking=0, object_masking=0,
@@ -171,9 +173,11 @@ def multidomain_roots(tmp_path_factory):
     """Generated Cityscapes, CamVid and SUN RGB-D trees and the roots file that names them."""
     base = tmp_path_factory.mktemp("multidomain_data")
     layouts = _layouts()
-    layouts.cityscapes_tree(base / "cityscapes")
-    layouts.camvid_tree(base / "camvid")
-    layouts.sunrgbd_tree(base / "sunrgbd")
+    # at least 101 training images each: the dry run checks the label counts (50, 100) against them
+    layouts.cityscapes_tree(base / "cityscapes", cities={"train": ["aachen", "bochum"], "val": ["frankfurt"]},
+                            per_city=51, size=(8, 8))
+    layouts.camvid_tree(base / "camvid", sizes={"train": 101, "val": 2, "test": 3}, size=(8, 8))
+    layouts.sunrgbd_tree(base / "sunrgbd", train=101, test=3, size=(8, 8))
     roots = {"datasets": {d: {"cct": {"data": {"root": str(base / d)}}} for d in ("cityscapes", "camvid", "sunrgbd")}}
     return write_config(base, roots, "roots.yaml"), roots
 

@@ -44,6 +44,7 @@ TRAINING_ONLY_DATA_KEYS = (
     "base_size",
     "scale_range",
     "flip",
+    "pad_fill",
     "num_workers",
     "background_classes",
 )

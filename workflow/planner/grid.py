@@ -35,6 +35,7 @@ from planner.configs import (
     GridError,
     aux_counts,
     base_cct,
+    dataset_cct,
     datasets_for,
     deep_merge,
     enabled_settings,
@@ -177,12 +178,17 @@ def dump_yaml(path: str | Path, tree: Mapping[str, Any]) -> None:
 
 
 def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] | None = None,
-                 validate_cam: Callable[[dict], Any] | None = None) -> list[Run]:
+                 validate_cam: Callable[[dict], Any] | None = None,
+                 train_size: Callable[[dict], int] | None = None) -> list[Run]:
     """Expand the grid and check what the schema cannot; raise GridError naming the key.
 
     ``validate_cct``, when given (``cct.config.from_dict``), builds each distinct run config so that
     an unknown or ill-typed cct key fails here, not in the middle of a grid; ``validate_cam`` does
-    the same for the CAM configs of the weak-label setting.
+    the same for the CAM configs of the weak-label setting. ``train_size``, when given (a dataset's
+    data section -> its number of training images, counted from file names:
+    ``cct.data.base.train_size``), checks that every dataset's root exists and holds at least as many
+    training images as its label counts ask for (more, for a semi-supervised method), so that
+    ``snakemake -n`` fails on them rather than the first job.
     """
     places = [("cct", config.get("cct"))]
     places += [(f"datasets.{d}.cct", spec.get("cct")) for d, spec in config["datasets"].items()]
@@ -211,18 +217,100 @@ def check_config(config: Mapping[str, Any], validate_cct: Callable[[dict], Any] 
         where = f"cct config of {run.path} (from cct, {sources}, settings.{run.setting}.cct)"
         try:
             tree = workflow_run_config(config, run)  # paths only; nothing is read
+            if validate_cct is not None:  # with the thread count the job will pass (cct range-checks it)
+                validate_cct(deep_merge(tree, {"train": {"threads": _train_threads(config)}}))
             for member, data in zip(members, [tree.get("data") or {}, *tree.get("extra_domains", [])], strict=True):
                 if data.get("dataset", "embedded") != "embedded" and data.get("root") is None:
                     how = (multi_domain.missing_root_hint(member) if run.setting == multi_domain.SETTING
                            else f"run with --config data_root=/path/to/it or set datasets.{member}.cct.data.root")
                     raise GridError(f"data.root is not set for the {data['dataset']!r} dataset: {how}")
-            if validate_cct is not None:
-                validate_cct(tree)
         except ValueError as exc:
             raise GridError(f"{where}: {exc}") from exc
     weak_labels.check(config, runs, validate_cam)
+    _check_paths(config)
+    _check_roots(config, runs)
+    if train_size is not None:
+        _check_label_counts(config, runs, train_size)
     prepare.check(config, sorted({d for run in runs for d in run_domains(config, run)}), validate_cct)
     return runs
+
+
+def _train_threads(config: Mapping[str, Any]) -> int:
+    """cct's train.threads of a training job: resources.train.threads shared by its processes (GPUs)."""
+    resources = config["resources"]["train"]
+    return max(1, int(resources["threads"]) // max(1, int(resources["gpu"])))
+
+
+def _check_paths(config: Mapping[str, Any]) -> None:
+    """The results folder is a folder (or can be made), the paper numbers a file when given."""
+    results = Path(str(config["results"]))
+    if not str(config["results"]).strip():
+        raise GridError("results: an empty string is not a folder; give a folder (default: results)")
+    if results.exists() and not results.is_dir():
+        raise GridError(f"results: {results} is a file, not a folder")
+    numbers = config.get("paper_numbers")
+    if numbers is not None and not Path(str(numbers)).is_file():
+        raise GridError(f"paper_numbers: {numbers} is not a file (null: the bundled data/paper_numbers.csv)")
+
+
+def root_key(config: Mapping[str, Any], dataset: str) -> str:
+    """The config key a dataset's data root comes from (``datasets.<d>.cct.data.root``, ``cct.data.root``
+    or ``data_root``), for messages."""
+    if get_key(config["datasets"][dataset].get("cct") or {}, "data.root")[0]:
+        return f"datasets.{dataset}.cct.data.root"
+    if get_key(config.get("cct") or {}, "data.root")[0]:
+        return "cct.data.root"
+    return "data_root"
+
+
+def _dataset_keys(config: Mapping[str, Any], runs: Iterable[Run]) -> list[str]:
+    return sorted({d for run in runs for d in run_domains(config, run)})
+
+
+def _check_roots(config: Mapping[str, Any], runs: Iterable[Run]) -> None:
+    """Every real dataset's root the runs read exists (the embedded dataset's may be a folder a job
+    writes, so it is not checked here)."""
+    for dataset in _dataset_keys(config, runs):
+        data = dataset_cct(config, dataset).get("data") or {}
+        root = data.get("root")
+        if root is None or data.get("dataset", "embedded") == "embedded":
+            continue
+        path = Path(str(root)).expanduser()
+        if not path.is_dir():
+            what = "is a file, not a folder" if path.exists() else "not found"
+            raise GridError(f"{root_key(config, dataset)}: {root} {what} (the root of dataset {dataset!r})")
+
+
+def _check_label_counts(config: Mapping[str, Any], runs: Iterable[Run], train_size: Callable[[dict], int]) -> None:
+    """Each run's label count is at most its datasets' training images (below it for a method that
+    needs unlabelled images)."""
+    sizes: dict[str, int] = {}
+    for run in runs:
+        semi = run.method not in ("supervised", "joint_supervised")
+        for dataset in run_domains(config, run):
+            if dataset not in sizes:
+                data = dataset_cct(config, dataset).get("data") or {}
+                try:
+                    sizes[dataset] = train_size(data)
+                except ValueError as exc:
+                    raise GridError(f"datasets.{dataset}: {exc}") from exc
+            size = sizes[dataset]
+            if run.labels > size or (semi and run.labels == size):
+                raise GridError(
+                    f"{_labels_key(config, run, dataset)}: {run.labels} labelled images, but dataset {dataset!r} has "
+                    f"{size} training images" + (" and a semi-supervised method needs unlabelled ones"
+                                                 if run.labels == size else "")
+                    + f" (run {run.path}); give at most {size - 1 if semi else size}"
+                )
+
+
+def _labels_key(config: Mapping[str, Any], run: Run, dataset: str) -> str:
+    """The config key a run's label count comes from."""
+    spec = config["settings"][run.setting]
+    for key in ("label_counts", "label_count"):
+        if spec.get(key):
+            return f"settings.{run.setting}.{key}"
+    return f"datasets.{dataset}.label_counts"
 
 
 def _check_user_splits(config: Mapping[str, Any]) -> None:
@@ -237,6 +325,10 @@ def _check_user_splits(config: Mapping[str, Any]) -> None:
             for side in ("labeled", "unlabeled"):
                 if not Path(entry[side]).is_file():
                     raise GridError(f"{where}.{side}: file not found: {entry[side]}")
-            n = sum(1 for line in Path(entry["labeled"]).read_text().splitlines() if line.strip())
+            try:
+                text = Path(entry["labeled"]).read_bytes().decode("utf-8-sig")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise GridError(f"{where}.labeled: {entry['labeled']} is not a readable UTF-8 list ({exc})") from None
+            n = sum(1 for line in text.splitlines() if line.strip())
             if n != key[0]:
                 raise GridError(f"{where}.labeled: {entry['labeled']} lists {n} images, but labels is {key[0]}")

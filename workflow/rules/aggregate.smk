@@ -58,6 +58,7 @@ rule table:
 rule runtime:
     input:
         benchmarks=train_benchmarks(),
+        metrics=[L.run_file("metrics.json", r) for r in TRAINED],  # earlier attempts of resumed runs
     output:
         csv=report(
             L.table("runtime", "csv"),
@@ -78,4 +79,4 @@ rule runtime:
         threads=threads_of("train"),
     shell:
         "python -m analysis.runtime --threads {params.threads} --csv {output.csv:q} --md {output.md:q}"
-        " {input.benchmarks:q} > {log:q} 2>&1"
+        " {input.benchmarks:q} --metrics {input.metrics:q} > {log:q} 2>&1"

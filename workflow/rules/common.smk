@@ -42,18 +42,23 @@ from planner.configs import enabled_settings
 from planner.layout import RUN, Layout, Run, split_key, weak_key
 from planner.vocabulary import METHOD_ORDER, SETTINGS
 
-try:  # check every cct key before any job starts (skipped where the package is not importable)
+try:  # check every cct key and dataset before any job starts (skipped where the package is not importable)
     from cct.config import CamRunConfig
     from cct.config import from_dict as _validate_cct
+    from cct.data.base import train_size as _data_train_size
 
     def _validate_cam(tree):
         return _validate_cct(tree, kind=CamRunConfig)
 
+    def _train_size(data):
+        """Training images of a dataset's data section (file names and lists only, no image read)."""
+        return _data_train_size(_validate_cct({"data": dict(data)}).data)
+
 except ImportError:
-    _validate_cct = _validate_cam = None
+    _validate_cct = _validate_cam = _train_size = None
 
 try:
-    RUNS = grid.check_config(config, _validate_cct, _validate_cam)
+    RUNS = grid.check_config(config, _validate_cct, _validate_cam, _train_size)
 except configs.GridError as exc:
     raise WorkflowError(f"Invalid config: {exc}")
 
@@ -101,9 +106,12 @@ def train_launcher():
     return f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m cct"
 
 
-def threads_per_process(wildcards, threads):
-    """A training's threads, shared by its processes (one per GPU)."""
-    return max(1, threads // max(1, config["resources"]["train"]["gpu"]))
+def threads_per_process():
+    """A training's torch threads (cct's train.threads), shared by its processes (one per GPU): from
+    the config's resources.train.threads, not the job's {threads}, which Snakemake lowers to --cores
+    when that is smaller. The thread count changes a CPU run's numbers (it is part of the run's
+    identity), so a run's metrics must not depend on --cores."""
+    return max(1, threads_of("train") // max(1, config["resources"]["train"]["gpu"]))
 
 
 def output_dir(name):

@@ -6,8 +6,11 @@
 #
 # Snakemake deletes a job's declared outputs before it starts, so the resume state lives outside
 # them, in {results}/resume/<run>/: an interrupted run resumes from its last checkpoint when the
-# workflow is started again (cct ignores a state written by a different config). It is removed
-# once the run has finished.
+# workflow is started again. A state written by a run with other numbers (its config changed, so
+# Snakemake reruns it) is discarded (--stale-resume restart). It is removed once the run has finished.
+# train.threads is the config's resources.train.threads, whatever --cores: the thread count changes
+# a CPU run's numbers. --stop-with $PPID (the Snakemake process): a training whose Snakemake is
+# killed saves its state and stops, instead of running on as an orphan (docs/operations.md).
 #
 # A run whose cct config equals that of an earlier run (grid.canonical_runs: the ablation's
 # supervised/all at a label count of the curve are the curve's supervised/cct) is an alias: rule
@@ -56,11 +59,11 @@ rule train:
         out=output_dir("metrics"),
         resume=L.resume_dir(),
         launch=train_launcher(),
-        threads_per_process=threads_per_process,
+        threads_per_process=threads_per_process(),
     shell:
         "{params.launch} train --config {input.config:q} --set train.threads={params.threads_per_process}"
-        " --out {params.out:q}"
-        " --resume-dir {params.resume:q} > {log:q} 2>&1"
+        " --out {params.out:q} --resume-dir {params.resume:q} --stale-resume restart --stop-with $PPID"
+        " > {log:q} 2>&1"
         " && rm -rf {params.resume:q}"
 
 

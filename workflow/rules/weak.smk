@@ -43,9 +43,10 @@ rule cam_train:
     params:
         out=output_dir("checkpoint"),
         resume=L.weak_resume_dir(),
+        threads=threads_of("cam"),
     shell:
-        "cct cam train --config {input.config:q} --set train.threads={threads} --out {params.out:q}"
-        " --resume-dir {params.resume:q} > {log:q} 2>&1"
+        "cct cam train --config {input.config:q} --set train.threads={params.threads} --out {params.out:q}"
+        " --resume-dir {params.resume:q} --stale-resume restart --stop-with $PPID > {log:q} 2>&1"
         " && rm -rf {params.resume:q}"
 
 
@@ -64,8 +65,11 @@ rule cam_infer:
     threads: threads_of("cam")
     resources:
         **resources_of("cam"),
+    params:
+        threads=threads_of("cam"),  # the config's, not --cores-dependent: it changes the maps' numbers
     shell:
-        "cct cam infer --checkpoint {input.checkpoint:q} --set train.threads={threads} --out {output:q} > {log:q} 2>&1"
+        "cct cam infer --checkpoint {input.checkpoint:q} --set train.threads={params.threads} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule pseudo_labels:

@@ -9,10 +9,12 @@ Randomness comes from torch's global generator, which the trainer seeds per iter
 G-Cutout works on the map's device, in tensors: :func:`object_boxes` labels the 8-connected
 components of ``objects`` (B, h, w) and returns their bounding boxes as ``(boxes, valid)``, long
 (B, M, 4) as (y0, x0, y1, x1) with exclusive ends and bool (B, M); :func:`cutout_mask` erases one
-random box per valid box. Difference from the official code: it takes OpenCV's external contours
-(``cv2.findContours`` with ``RETR_EXTERNAL``) of the object map, so a component lying inside a hole
-of another has no contour of its own there and gets no box; here every 8-connected component gets
-a box, nested or not.
+random box per valid box. Differences from the official code (docs/fidelity.md): it takes OpenCV's
+external contours (``cv2.findContours`` with ``RETR_EXTERNAL``, ``CHAIN_APPROX_SIMPLE``) of the object
+map at the image's resolution and boxes only contours of more than 50 points, so a component lying
+inside a hole of another gets no box, and neither does an object whose compressed contour is short
+(an axis-aligned rectangle of any size has 4 points); here every 8-connected component at z's
+resolution gets a box, nested or not, unless it has fewer than ``min_size`` pixels.
 """
 
 from __future__ import annotations
@@ -29,21 +31,24 @@ def feature_noise(z: torch.Tensor, uniform_range: float = 0.3) -> torch.Tensor:
     return z + z * noise.unsqueeze(0)
 
 
-def feature_drop_mask(z: torch.Tensor, drop_range: tuple[float, float] = (0.7, 0.9)) -> torch.Tensor:
+def feature_drop_mask(z: torch.Tensor, drop_range: tuple[float, float] = (0.7, 0.9),
+                      draw: str = "sample") -> torch.Tensor:
     """Keep-mask (B, 1, h, w) of F-Drop, in z's dtype: per sample, threshold = max(attention) *
     U(lo, hi), attention = mean of z over channels; positions with attention >= threshold (the most
-    activated regions) are dropped (0), the rest kept (1)."""
+    activated regions) are dropped (0), the rest kept (1). ``draw``: the U(lo, hi) fraction is drawn
+    per sample ("sample"), or once for the batch ("batch", the official ``np.random.uniform``)."""
     attention = z.mean(dim=1, keepdim=True)
     peak = attention.amax(dim=(2, 3), keepdim=True)
     lo, hi = drop_range
-    fraction = torch.empty_like(peak).uniform_(lo, hi)
+    shape = peak.shape if draw == "sample" else (1, 1, 1, 1)
+    fraction = torch.empty(shape, dtype=peak.dtype, device=peak.device).uniform_(lo, hi)
     return (attention < peak * fraction).to(z.dtype)
 
 
-def feature_drop(z: torch.Tensor, drop_range: tuple[float, float] = (0.7, 0.9)) -> torch.Tensor:
+def feature_drop(z: torch.Tensor, drop_range: tuple[float, float] = (0.7, 0.9), draw: str = "sample") -> torch.Tensor:
     """F-Drop: zero the positions whose channel-mean activation reaches a drawn threshold (see
     :func:`feature_drop_mask`)."""
-    return z * feature_drop_mask(z, drop_range)
+    return z * feature_drop_mask(z, drop_range, draw)
 
 
 def dropout_mask(z: torch.Tensor, p: float = 0.5) -> torch.Tensor:
@@ -68,8 +73,10 @@ def object_masking(z: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     return z * (~objects).unsqueeze(1).to(z.dtype)
 
 
-def object_boxes(objects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def object_boxes(objects: torch.Tensor, min_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounding boxes of the 8-connected components of ``objects`` (B, h, w) bool, on its device.
+    Components of fewer than ``min_size`` pixels keep their slot and box but are not ``valid``
+    (``model.perturbation.cutout_min_size``: G-Cutout leaves them alone).
 
     Returns ``(boxes, valid)``: ``boxes`` long (B, M, 4) as (y0, x0, y1, x1) with exclusive ends,
     ``valid`` bool (B, M). M is the largest number of components of any sample of the batch (0 when
@@ -129,6 +136,12 @@ def object_boxes(objects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     boxes = torch.zeros(batch, m + 1, 4, dtype=torch.long, device=device)
     boxes.scatter_(1, slot.unsqueeze(-1).expand(batch, n, 4), torch.where(is_root.unsqueeze(-1), all_boxes, 0))
     valid = torch.arange(m, device=device) < count.unsqueeze(1)
+    if min_size > 0:  # pixels per component, at its root's slot
+        size = torch.zeros(batch, n + 1, dtype=torch.long, device=device)
+        size.scatter_add_(1, root, torch.ones_like(root))
+        per_slot = torch.zeros(batch, m + 1, dtype=torch.long, device=device)
+        per_slot.scatter_(1, slot, torch.where(is_root, size[:, :n], 0))
+        valid &= per_slot[:, :m] >= min_size
     return boxes[:, :m], valid
 
 
@@ -145,21 +158,23 @@ def _min3x3(grid: torch.Tensor, fill: int) -> torch.Tensor:
 
 
 def cutout_mask(
-    objects: torch.Tensor, erase: float = 0.4, boxes: tuple[torch.Tensor, torch.Tensor] | None = None
+    objects: torch.Tensor, erase: float = 0.4, boxes: tuple[torch.Tensor, torch.Tensor] | None = None,
+    min_size: int = 0,
 ) -> torch.Tensor:
     """Keep-mask (B, h, w) bool of G-Cutout, on ``objects``' device: inside each predicted object's
     bounding box, False on a box whose sides are ``max(1, round(erase * side))`` (round half to even,
     as Python's round), placed uniformly at random within the bounding box; True elsewhere.
 
-    Objects are the 8-connected components of ``objects`` (B, h, w); ``boxes``, the ``(boxes,
-    valid)`` pair from :func:`object_boxes`, may be given to skip finding them again. The offsets are
+    Objects are the 8-connected components of ``objects`` (B, h, w) of at least ``min_size`` pixels;
+    ``boxes``, the ``(boxes, valid)`` pair from :func:`object_boxes`, may be given to skip finding
+    them again. The offsets are
     one ``torch.rand`` draw (B, M, 2) on the device, ``floor(u * (side - e + 1))``, so the global
     generator's seed fixes the mask. No host sync here (beyond :func:`object_boxes`, when called).
     The mask is ``any`` over the boxes of (row in box) & (column in box), computed as a (B, h, M) x
     (B, M, w) product of 0/1 matrices, > 0: memory O(B M (h + w)) instead of O(B M h w). The terms
     are non-negative, so the > 0 test is exact in any float precision (e.g. under autocast).
     """
-    box, valid = object_boxes(objects) if boxes is None else boxes
+    box, valid = object_boxes(objects, min_size) if boxes is None else boxes
     batch, h, w = objects.shape
     device = objects.device
     side = box[..., 2:] - box[..., :2]  # (B, M, 2): heights, widths
@@ -181,12 +196,13 @@ def guided_cutout(
     objects: torch.Tensor,
     erase: float = 0.4,
     boxes: tuple[torch.Tensor, torch.Tensor] | None = None,
+    min_size: int = 0,
 ) -> torch.Tensor:
     """G-Cutout: erase a random box covering ``erase`` of each predicted object's bounding-box sides.
 
-    ``z`` (B, C, h, w), ``objects`` (B, h, w) bool, ``boxes`` as for :func:`cutout_mask`.
+    ``z`` (B, C, h, w), ``objects`` (B, h, w) bool, ``boxes`` and ``min_size`` as for :func:`cutout_mask`.
     """
-    return z * cutout_mask(objects, erase, boxes).unsqueeze(1).to(z.dtype)
+    return z * cutout_mask(objects, erase, boxes, min_size).unsqueeze(1).to(z.dtype)
 
 
 def _per_sample_normalize(d: torch.Tensor, groups: int = 1) -> torch.Tensor:
@@ -284,7 +300,7 @@ class Context:
     def boxes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`object_boxes` of ``objects``, found once per step."""
         if self._boxes is None:
-            self._boxes = object_boxes(self.objects)
+            self._boxes = object_boxes(self.objects, getattr(self.config, "cutout_min_size", 0))
         return self._boxes
 
 
@@ -349,4 +365,6 @@ def _object_masking(ctx: Context, decoders: slice) -> torch.Tensor:
 
 @builder("feature_drop")
 def _feature_drop(ctx: Context, decoders: slice) -> torch.Tensor:
-    return _pixels(ctx, [feature_drop_mask(ctx.z, ctx.config.feature_drop_range) for _ in range(_count(decoders))])
+    cfg = ctx.config
+    return _pixels(ctx, [feature_drop_mask(ctx.z, cfg.feature_drop_range, cfg.feature_drop_draw)
+                         for _ in range(_count(decoders))])

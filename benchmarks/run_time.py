@@ -112,7 +112,7 @@ def child(tree: dict, threads: int) -> dict:
     timed(cct.train, "evaluate", "evaluation")
     timed(cct.io, "_atomic", "checkpoints")
 
-    config = from_dict(tree, [f"train.threads={threads}"])
+    config = _config(from_dict, tree, threads)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         metrics = cct.train.train(config, out)
@@ -122,6 +122,26 @@ def child(tree: dict, threads: int) -> dict:
     spent["step"] = (t1 - first) - spent["loading"] - spent["evaluation"] - spent["checkpoints"]
     return {"phases": spent, "iterations": config.train.iterations, "miou": metrics["miou"],
             "child_s": time.perf_counter() - t_start}
+
+
+def _config(from_dict, tree: dict, threads: int):
+    """The run config; keys an older checkout does not know yet (options added since, at their
+    defaults in the embedded config) are dropped one by one, so the same tree measures it too."""
+    import re
+
+    tree = json.loads(json.dumps(tree))
+    while True:
+        try:
+            return from_dict(tree, [f"train.threads={threads}"])
+        except ValueError as exc:
+            unknown = re.search(r"unknown config key '([\w.]+)'", str(exc))
+            if not unknown:
+                raise
+            *parents, leaf = unknown.group(1).split(".")
+            node = tree
+            for part in parents:
+                node = node[part]
+            del node[leaf]
 
 
 # --------------------------------------------------------------------------------------------------

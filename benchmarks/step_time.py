@@ -84,6 +84,7 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
     from cct import engine
     from cct.config import from_dict
     from cct.model.cct import build_model
+    from cct.optim import SGD
     from cct.train import step_loss
 
     spec = _configs(device_name, precision)[name]
@@ -101,7 +102,7 @@ def measure(name: str, row: str, device_name: str, threads: int, steps: int | No
         variants["semi-no-aux"] = lambda z, logits, terms, domain=None: (0.0 * logits.float().sum()).expand(1)
     elif row == "semi-1by1-fp32":
         variants[row] = _one_by_one(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    optimizer = SGD([{"params": model.parameters()}], lr=1e-3, momentum=0.9)
     b, crop, k = spec["batch"], spec["crop"], spec["classes"]
     x_l, x_u = torch.randn(b, 3, crop, crop, device=device), torch.randn(b, 3, crop, crop, device=device)
     y_l = torch.randint(0, k, (b, crop, crop), device=device)

@@ -36,6 +36,7 @@ from cct.data.transforms import train_transform
 from cct.evaluate import PROTOCOL, evaluate
 from cct.io import atomic_write_json
 from cct.model.cct import CCT, build_model
+from cct.optim import SGD
 
 # compatibility names of the pieces that moved to the engine (cct.cli and the tests use them)
 Interrupted = engine.Interrupted
@@ -172,8 +173,8 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
         step_fn = distributed.wrap(model, ctx, find_unused_parameters=not semi)
         backbone, rest = model.parameter_groups()
         base_lrs = [oc.lr * oc.encoder_lr_factor, oc.lr]
-        optimizer = torch.optim.SGD([{"params": backbone, "lr": base_lrs[0]}, {"params": rest, "lr": base_lrs[1]}],
-                                    momentum=oc.momentum, weight_decay=oc.weight_decay)
+        optimizer = SGD([{"params": backbone, "lr": base_lrs[0]}, {"params": rest, "lr": base_lrs[1]}],
+                        momentum=oc.momentum, weight_decay=oc.weight_decay)
         start, history = resume.load(model, optimizer, device, ctx)
 
         streams = domain_streams(config, domains, start, ctx, pin_memory=device.type == "cuda")

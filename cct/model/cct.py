@@ -157,7 +157,7 @@ class CCT(nn.Module):
         context = Context(
             z, self.perturbation, objects,
             decode_group=lambda v, decoders: bank.decode_group(v, decoders, native=True),  # KL per pixel: any layout
-            fisher_product=bank.fisher_product if bank.upsampling == "pixelshuffle" else None,
+            fisher_product=bank.fisher_product,
         )
         return [(decoders, spec.applies, spec.build(context, decoders)) for spec, decoders in runs]
 

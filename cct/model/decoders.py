@@ -292,11 +292,13 @@ class DecoderBank(nn.Module):
         open) and J^T back through the same masks: over chunks of base rows as :meth:`objective`
         does, so no full-resolution tensor is allocated, and one forward pass instead of the three
         that ``torch.func.jvp`` + ``vjp`` take (written by hand for that reason; tested equal to
-        them). Pixel-shuffle decoders only: bilinear ones mix neighbouring rows, and
-        :func:`cct.model.perturbations.vat` takes the generic probe for them.
+        them). Bilinear decoders are linear in their input: J d is their classifier (without bias)
+        upsampled, and J^T the transposed interpolation and classifier, in closed form
+        (:meth:`_bilinear_fisher_product`; ``torch.func`` would also import torch._dynamo, seconds
+        of a short run's start).
         """
-        if self.upsampling != "pixelshuffle":
-            raise ValueError(f"fisher_product: pixel-shuffle decoders only, not {self.upsampling!r}")
+        if self.upsampling == "bilinear":
+            return self._bilinear_fisher_product(x, d, select)
         groups = select.stop - select.start
         with torch.no_grad():
             stem, stem_d = self.linear(x, select), self.linear(d, select)  # (B, G, K, h, w)
@@ -322,6 +324,24 @@ class DecoderBank(nn.Module):
                     )
                 back[:, :, :, span] = v.view(b, groups, k, -1, w)
             # J^T through the classifiers: decoder g's (K, C) weights transposed, per group
+            weight = self._take(self.classifier, k, select, x.dtype).view(groups, k, -1)
+            return torch.matmul(weight.transpose(1, 2), back.reshape(b, groups, k, h * w)).view_as(x)
+
+    def _bilinear_fisher_product(self, x: torch.Tensor, d: torch.Tensor, select: slice) -> torch.Tensor:
+        """:meth:`fisher_product` of bilinear decoders: J d = up(W d) with up the bilinear upsampling
+        (``rows @ . @ cols^T``, :func:`bilinear_upsample`), F J d per output pixel, then J^T v =
+        W^T (rows^T v cols)."""
+        groups = select.stop - select.start
+        with torch.no_grad():
+            logits = self.from_linear(self.linear(x, select), select)  # (B, G, K, H, W)
+            jd = bilinear_upsample(self.linear(d, select), self.upscale)
+            prob = torch.softmax(logits, dim=2)
+            v = jd.sub_((prob * jd).sum(dim=2, keepdim=True)).mul_(prob)  # F J d, per pixel
+            h, w = x.shape[-2:]
+            rows = _interpolation_matrix(h, h * self.upscale, x.device, x.dtype)
+            cols = _interpolation_matrix(w, w * self.upscale, x.device, x.dtype)
+            back = rows.T @ v @ cols  # the upsampling's adjoint: (B, G, K, h, w)
+            b, k = back.shape[0], self.num_classes
             weight = self._take(self.classifier, k, select, x.dtype).view(groups, k, -1)
             return torch.matmul(weight.transpose(1, 2), back.reshape(b, groups, k, h * w)).view_as(x)
 

@@ -34,6 +34,7 @@ from cct.data.loader import AugmentedDataset, IterationBatchSampler
 from cct.data.transforms import normalize, to_tensors, train_transform
 from cct.io import atomic_torch_save, atomic_write_json, check_replaceable_dir, first_line, read_checkpoint
 from cct.model.encoder import SmallEncoder, load_encoder_checkpoint, resnet_backbone
+from cct.optim import SGD
 
 log = logging.getLogger("cct.cam")
 
@@ -152,8 +153,8 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
         model = CamNet(config.model, labels.shape[1]).to(device)
         backbone, head = model.parameter_groups()
         base_lrs = [tc.lr, tc.lr * tc.classifier_lr_factor]
-        optimizer = torch.optim.SGD([{"params": backbone}, {"params": head}], lr=tc.lr, momentum=tc.momentum,
-                                    weight_decay=tc.weight_decay)
+        optimizer = SGD([{"params": backbone}, {"params": head}], lr=tc.lr, momentum=tc.momentum,
+                        weight_decay=tc.weight_decay)
         start, history = resume.load(model, optimizer, device)
         batches = _batches(config, source, start)
         losses = engine.LossLog(every=50, total=tc.iterations, hint=engine.DIVERGED.format(key="train.lr"))

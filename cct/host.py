@@ -8,7 +8,7 @@ step in page faults. Serving them from the heap and keeping freed memory there f
 what the allocators the PyTorch CPU tuning guide recommends (jemalloc, tcmalloc) do, saved about a
 fifth of the auxiliary decoders' time (0.80 -> 0.64 s on the paper configuration, 2 threads) and
 5-12% of a whole step in 7 of 8 alternating pairs of runs; the peak resident memory stays within 3%
-(README, Speed). This is glibc's own ``mallopt``, called through ctypes because Python does not
+(docs/speed.md). This is glibc's own ``mallopt``, called through ctypes because Python does not
 expose it.
 """
 

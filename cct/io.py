@@ -112,10 +112,24 @@ def read_checkpoint(path: str | Path, what: str = "--checkpoint", kind: str = "c
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # foreign files raise many types (UnpicklingError, EOFError, RuntimeError, ...)
-        raise ConfigError(f"{what}: {path} is not a {kind} ({first_line(exc)})") from exc
+        raise ConfigError(f"{what}: {path} is not a {kind} ({_load_failure(path, exc)})") from exc
     if not isinstance(state, dict):
         raise ConfigError(f"{what}: {path} is not a {kind} (it holds a {type(state).__name__})")
     return state
+
+
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load`` refused ``path``, in a few words rather than torch's paragraph."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # pickle protocol 2+: torch.save's legacy format
+        if not pickled:
+            return "not a file written by torch.save"
+    if "Weights only load failed" in str(exc):
+        return "it holds Python objects besides tensors; only weights-only files are read"
+    return first_line(exc)
 
 
 def first_line(exc: BaseException) -> str:

@@ -144,7 +144,7 @@ class DecoderBank(nn.Module):
     ``upsampling="pixelshuffle"`` is the paper's decoder. ``"bilinear"`` is a 1x1 conv with bias
     followed by bilinear upsampling: the embedded CPU benchmark uses it because the paper's decoder,
     whose ReLUs act on class-score channels, does not train from scratch there (classes die at a
-    zero logit; measured in the README), while with a pretrained encoder it does.
+    zero logit; measured in docs/method.md), while with a pretrained encoder it does.
 
     Input (B, count * C_z, h, w): the decoders' inputs stacked along channels (decoder k reads
     channels [k*C_z, (k+1)*C_z)). Output (B, count, K, h*s, w*s) logits, s = ``upscale``.

@@ -184,7 +184,7 @@ def test_workflow_on_slurm_matches_local_and_resumes_after_scancel(slurm, tmp_pa
                     # preemption: the training saves its state and exits 143, the job FAILS, Snakemake
                     # resubmits it. (A plain `scancel` leaves the job "CANCELLED by <uid>" in sacct,
                     # which snakemake-executor-plugin-slurm 2.8.0 takes for still running: it waits
-                    # forever. See the README, "Running on a cluster".)
+                    # forever. See docs/cluster.md.)
                     subprocess.run(["scancel", "--signal=TERM", cancelled], env=env, check=True, timeout=30)
             time.sleep(0.2)
         if proc.poll() is None:  # hung: Snakemake may ignore SIGTERM while it polls

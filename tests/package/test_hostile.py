@@ -299,6 +299,39 @@ def test_a_broken_checkpoint_gives_one_line_in_every_command(capsys, tmp_path, c
         assert str(bad) in line and ("--checkpoint" in line or "model.pretrained" in line), line
 
 
+def test_a_foreign_or_unsafe_file_is_named_in_a_few_words(capsys, tmp_path):
+    """Not torch.save's format, or a pickle of Python objects: one short reason, not torch's paragraph."""
+    text, unsafe = tmp_path / "metrics.json", tmp_path / "unsafe.pt"
+    text.write_text('{"miou": 1.0}')
+    import pickle
+
+    unsafe.write_bytes(pickle.dumps({"f": print}))
+    status, line = in_process(capsys, "evaluate", "--checkpoint", str(text))
+    assert status == 2 and "not a file written by torch.save" in line, line
+    status, line = in_process(capsys, "evaluate", "--checkpoint", str(unsafe))
+    assert status == 2 and "only weights-only files are read" in line and "PyTorch 2.6" not in line, line
+
+
+def test_a_pretrained_encoder_of_another_width_names_the_shapes(capsys, tiny_checkpoint, tmp_path):
+    trained = yaml_width(tiny_checkpoint)
+    status, line = in_process(capsys, "train", "--out", str(tmp_path / "r"), "--set", *TINY,
+                              f"model.pretrained={tiny_checkpoint}", f"model.width={trained * 2}")
+    assert status == 2 and "does not fit this encoder" in line and "model.width" in line, line
+    assert f"({trained}, 3, 3, 3) there, ({trained * 2}, 3, 3, 3) here" in line, line
+
+
+def yaml_width(checkpoint: Path) -> int:
+    import yaml
+
+    return int(yaml.safe_load((checkpoint.parent / "config.yaml").read_text())["model"]["width"])
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", ".nan", "-.inf"])
+def test_a_non_finite_number_is_refused_as_such(capsys, tmp_path, text):
+    status, line = in_process(capsys, "train", "--out", str(tmp_path / "r"), "--set", *TINY, f"optim.lr={text}")
+    assert status == 2 and "optim.lr: must be a finite number" in line, line
+
+
 def test_a_checkpoint_of_another_kind_is_named_as_such(capsys, tiny_checkpoint, tmp_path):
     status, line = in_process(capsys, "cam", "infer", "--checkpoint", str(tiny_checkpoint), "--out",
                               str(tmp_path / "c"))

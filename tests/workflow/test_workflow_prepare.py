@@ -98,3 +98,22 @@ def test_split_configs_read_the_prepared_scenes_too():
     split = configs.split_config(config, "tiny")
     assert split["data"]["root"] == Layout.of(config).embedded_dir()
     assert set(Layout.of(config).embedded_files("a")) <= set(prepare.inputs(config, split))
+
+
+def test_an_encoder_without_a_top_level_model_section_is_checked_on_its_own_keys():
+    """No cct.model at the top: the encoder's config is its own section, and its bad key is named."""
+    config = grid_config(cct={"train": {"iterations": 4}})
+    config["pretrained"]["textures"]["cct"]["train"]["iterations"] = -5
+    with pytest.raises(GridError, match=r"pretrained\.textures\.cct: train\.iterations: must be >= 1, got -5"):
+        grid.check_config(config, from_dict)
+
+
+def test_a_cam_classifier_of_another_width_than_its_pretrained_encoder_fails_the_dry_run():
+    config = grid_config(settings={"perturbation_ablation": {"enabled": False},
+                                   "weak_labels": {"enabled": True, "cam": {"model": {"width": 16}}}})
+    config = grid_config(**config)  # schema defaults for the weak setting
+    with pytest.raises(GridError, match=r"settings\.weak_labels\.cam\.model\.width .*16, but the CAM classifier "
+                                        r"starts from the pretrained encoder of dataset 'tiny', whose width is 8"):
+        grid.check_config(config, from_dict)
+    config["settings"]["weak_labels"]["cam"]["model"]["width"] = 8
+    grid.check_config(config, from_dict)

@@ -47,7 +47,7 @@ def encoder_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     its data section reading the workflow's embedded scenes."""
     if name not in encoders(config):
         raise GridError(f"pretrained: no encoder named {name!r} ({sorted(encoders(config))})")
-    tree = deep_merge({"model": (config.get("cct") or {}).get("model")}, encoders(config)[name].get("cct"))
+    tree = deep_merge({"model": (config.get("cct") or {}).get("model") or {}}, encoders(config)[name].get("cct"))
     tree["data"] = with_embedded_root(config, tree.get("data"))
     return tree
 

@@ -63,9 +63,12 @@ def check(config: Mapping[str, Any], runs: Iterable[Run], validate_cam: Callable
                 raise GridError(
                     f"{where}.train.seed: the CAM classifier of training seed s is trained with seed s; remove it"
                 )
-        if dataset in checked or validate_cam is None:
+        if dataset in checked:
             continue
         checked.add(dataset)
+        _check_cam_architecture(config, dataset, cam_config(config, dataset, seed))
+        if validate_cam is None:
+            continue
         try:
             validate_cam(cam_config(config, dataset, seed))
         except ValueError as exc:
@@ -73,3 +76,22 @@ def check(config: Mapping[str, Any], runs: Iterable[Run], validate_cam: Callable
                 f"CAM config of {dataset} (from datasets.{dataset}.cct.data, settings.weak_labels.cam, "
                 f"datasets.{dataset}.cam): {exc}"
             ) from exc
+
+
+def _check_cam_architecture(config: Mapping[str, Any], dataset: str, cam: Mapping[str, Any]) -> None:
+    """A CAM classifier that starts from the dataset's pretrained encoder must have its backbone
+    (``model.encoder`` and ``model.width``; the stride changes no weight's shape): else its job would
+    stop after the grid's trainings started."""
+    if not isinstance(get_key(cam, "model.pretrained")[1], str):
+        return
+    from cct.config import CamModelConfig, ModelConfig
+
+    runs = dataset_cct(config, dataset).get("model") or {}
+    for key in ("encoder", "width"):
+        ours = get_key(cam, f"model.{key}")[1] if get_key(cam, f"model.{key}")[0] else getattr(CamModelConfig(), key)
+        theirs = runs.get(key, getattr(ModelConfig(), key))
+        if ours != theirs:
+            raise GridError(
+                f"settings.weak_labels.cam.model.{key} (or datasets.{dataset}.cam): {ours!r}, but the CAM classifier "
+                f"starts from the pretrained encoder of dataset {dataset!r}, whose {key} is {theirs!r}"
+            )

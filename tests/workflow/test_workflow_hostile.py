@@ -254,3 +254,11 @@ def test_killed_snakemake_leaves_no_orphan_training_and_resumes_after_unlock(tmp
     again = snakemake(tmp_path, "--cores", "1", f"{run}/metrics.json")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert re.search(r"resuming from .*state\.pt at iteration [1-9]", (tmp_path / run / "train.log").read_text())
+
+
+def test_dry_run_fails_for_a_results_folder_under_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    config = validated({"results": str(tmp_path / "file" / "results")})
+    with pytest.raises(GridError, match=r"results: .*cannot be written \(.*file is not a writable folder\)"):
+        grid.check_config(config)
+    grid.check_config(validated({"results": str(tmp_path / "new" / "results")}))  # a folder it can make

@@ -24,6 +24,7 @@ such a config once, and the other run is an alias of it (see :func:`canonical_ru
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -248,6 +249,9 @@ def _check_paths(config: Mapping[str, Any]) -> None:
         raise GridError("results: an empty string is not a folder; give a folder (default: results)")
     if results.exists() and not results.is_dir():
         raise GridError(f"results: {results} is a file, not a folder")
+    existing = next(p for p in [results, *results.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise GridError(f"results: {results} cannot be written ({existing} is not a writable folder)")
     numbers = config.get("paper_numbers")
     if numbers is not None and not Path(str(numbers)).is_file():
         raise GridError(f"paper_numbers: {numbers} is not a file (null: the bundled data/paper_numbers.csv)")

@@ -31,34 +31,40 @@ def test_default_config_dry_run_lists_every_job(workdir, default_config):
     n_seeds = len(default_config["seeds"])
     ablation_count = default_config["settings"]["perturbation_ablation"]["label_count"]
     assert ablation_count in default_config["datasets"]["embedded"]["label_counts"]
-    # 48 runs: the curve (12), the ablation (18; its supervised and all runs are the curve's supervised
-    # and cct runs: aliases), the weak-label setting (6; supervised and cct are the curve's) and the
-    # multi-domain setting (12; domain a's supervised and cct alone are the curve's; domain b alone and
-    # the joint runs are trained)
-    n_curve, n_ablation, n_weak, n_multi = n_counts * 2 * n_seeds, 9 * n_seeds, 3 * n_seeds, 6 * n_seeds
-    n_aliases = 2 * n_seeds * 3
-    assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 36
-    assert counts["alias"] == n_aliases == 12
+    multi = default_config["settings"]["multi_domain"]["methods"]
+    alone = [m for m in multi if not m.startswith("joint_")]
+    # the curve, the ablation (its supervised and all runs are the curve's supervised and cct runs:
+    # aliases), the weak-label setting (supervised and cct are the curve's) and the multi-domain
+    # setting (each alone method on both domains, domain a's being the curve's, and the joint runs)
+    n_curve, n_ablation, n_weak = n_counts * 2 * n_seeds, 9 * n_seeds, 3 * n_seeds
+    n_multi = (2 * len(alone) + len(multi) - len(alone)) * n_seeds
+    n_aliases = (2 + 2 + len(alone)) * n_seeds
+    assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 48
+    assert counts["alias"] == n_aliases == 15
     assert counts["run_config"] == counts["train"]
-    # the curve's counts of domain a (the others' are among them), domain b at 50
+    # the curve's counts of domain a (the others' are among them), domain b at the smallest
     assert counts["splits"] == n_counts + 1
+    smallest = min(default_config["datasets"]["embedded"]["label_counts"])
     aliases = re.findall(r"rule alias:\n.*?wildcards: alias=([^\n]*)", proc.stdout, re.S)
     assert sorted(aliases) == sorted(
         [f"embedded/perturbation_ablation/{m}/{ablation_count}/split0/seed{s}" for m in ("supervised", "all")
          for s in default_config["seeds"]]
-        + [f"embedded/{setting}/{m}/50/split0/seed{s}" for setting in ("weak_labels", "multi_domain")
-           for m in ("supervised", "cct") for s in default_config["seeds"]])
+        + [f"embedded/weak_labels/{m}/{smallest}/split0/seed{s}" for m in ("supervised", "cct")
+           for s in default_config["seeds"]]
+        + [f"embedded/multi_domain/{m}/{smallest}/split0/seed{s}" for m in alone for s in default_config["seeds"]])
+    # the pretrained encoder is trained once, before the trainings that read it
+    assert counts["pretrain"] == 1 and counts["embedded_data"] == 3
     trained = re.findall(r"rule train:\n.*?wildcards: ([^\n]*)", proc.stdout, re.S)
     assert not any("setting=perturbation_ablation, method=supervised" in w for w in trained)
     assert not any("setting=perturbation_ablation, method=all" in w for w in trained)
     joint = [w for w in trained if "setting=multi_domain, method=joint" in w]
-    assert len(joint) == 2 * n_seeds and all("dataset=embedded_ab" in w for w in joint)
+    assert len(joint) == (len(multi) - len(alone)) * n_seeds and all("dataset=embedded_ab" in w for w in joint)
     assert counts["table"] == 4 and counts["plot"] == 4 and counts["plot_curves"] == 4
     assert counts["collect"] == counts["runtime"] == counts["all"] == 1
     assert not (workdir / "results").exists()  # a dry run touches no data
 
 
-def test_full_config_dry_run(tmp_path):
+def test_full_config_dry_run(tmp_path, default_config):
     shutil.copytree(ROOT / "config", tmp_path / "config")
     full = yaml.safe_load((ROOT / "config" / "embedded-full.yaml").read_text())
     assert len(full["seeds"]) >= 3
@@ -66,8 +72,11 @@ def test_full_config_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
     n_points = len(full["seeds"]) * len(full["datasets"]["embedded"]["split_seeds"])
-    # curve, ablation, weak labels, multi-domain (2 x 2 alone + 2 joint) per seed and split draw
-    n_runs = n_points * (len(full["datasets"]["embedded"]["label_counts"]) * 2 + 9 + 3 + 6)
+    # the default's label counts (embedded-full.yaml extends config.yaml); curve, ablation, weak labels,
+    # multi-domain (2 methods x 2 domains alone + 2 joint) per seed and split draw
+    n_counts = len(default_config["datasets"]["embedded"]["label_counts"])
+    assert full["settings"]["multi_domain"]["methods"] == ["supervised", "cct", "joint_supervised", "joint_cct"]
+    n_runs = n_points * (n_counts * 2 + 9 + 3 + 6)
     assert n_runs == 144
     # the ablation's supervised/all, the weak setting's and domain a's supervised/cct are aliases
     assert counts["train"] == n_runs - 3 * 2 * n_points == 108
@@ -76,7 +85,7 @@ def test_full_config_dry_run(tmp_path):
     assert f"{full['results']}/tables/multi_domain.csv" in proc.stdout
 
 
-def test_no_alias_when_the_ablation_config_differs(workdir):
+def test_no_alias_when_the_ablation_config_differs(workdir, default_config):
     """A settings.perturbation_ablation.cct that changes its runs' config: every run is trained."""
     write_config(workdir, {"settings": {"perturbation_ablation": {"cct": {"loss": {"unsupervised_w": 10.0}}},
                                         "weak_labels": {"enabled": False}, "multi_domain": {"enabled": False}}},
@@ -84,7 +93,8 @@ def test_no_alias_when_the_ablation_config_differs(workdir):
     proc = snakemake(workdir, "-n", "--configfile", "own.yaml")
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
-    assert counts["train"] == counts["run_config"] == 30
+    n_seeds, n_counts = len(default_config["seeds"]), len(default_config["datasets"]["embedded"]["label_counts"])
+    assert counts["train"] == counts["run_config"] == (n_counts * 2 + 9) * n_seeds == 45
     assert "alias" not in counts
 
 

@@ -474,9 +474,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             if not math.isfinite(number):
                 raise ConfigError(f"{key}: must be a finite number, got {value}")
             return number
-        if isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
-            raise ConfigError(f"{key}: must be a finite number, got {_show(value)}")
         if isinstance(value, str) and _looks_numeric(value):
+            if not math.isfinite(float(value)):  # 'nan', 'inf': text YAML does not read as numbers
+                raise ConfigError(f"{key}: must be a finite number, got {_show(value)}")
             raise ConfigError(
                 f"{key}: expected a number, got the text {_show(value)} (YAML reads a number like 1e-3 as text: "
                 "write it with a dot, 1.0e-3, or as 0.001)"

@@ -134,8 +134,11 @@ def _load_failure(path: Path, exc: BaseException) -> str:
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when the message is empty."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    # a heading such as torch's "Error(s) in loading state_dict for SmallEncoder:" says nothing alone
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -169,27 +169,14 @@ def load_encoder_checkpoint(encoder: nn.Module, path: str, parts: tuple[str, ...
     weights = {k[len("encoder.") :]: v for k, v in model.items() if isinstance(k, str) and k.startswith("encoder.")}
     if parts is not None:
         weights = {k: v for k, v in weights.items() if k.split(".", 1)[0] in parts}
-    mismatch = _first_mismatch(encoder.state_dict(), weights)
-    if mismatch:
-        raise ConfigError(
-            f"model.pretrained: {path} does not fit this encoder ({mismatch}; its run's model.width, "
-            "model.output_stride and model.psp must be this run's)"
-        )
     try:
         encoder.load_state_dict(weights)
     except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"model.pretrained: {path} does not fit this encoder ({first_line(exc)})") from exc
-
-
-def _first_mismatch(expected: dict, given: dict) -> str | None:
-    """The first weight that is missing, unexpected or of another shape, in words; None if they fit."""
-    for key, tensor in expected.items():
-        if key not in given:
-            return f"no weights for {key}"
-        if tuple(given[key].shape) != tuple(tensor.shape):
-            return f"{key} is {tuple(given[key].shape)} there, {tuple(tensor.shape)} here"
-    extra = sorted(set(given) - set(expected))
-    return f"unexpected weights {extra[0]}" if extra else None
+        why = first_line(exc).rstrip(".")
+        raise ConfigError(
+            f"model.pretrained: {path} does not fit this encoder ({why}; its run's model.width, "
+            "model.output_stride and model.psp must be this run's)"
+        ) from exc
 
 
 def build_encoder(name: str, pretrained: bool | str, output_stride: int, width: int, psp: bool) -> nn.Module:

@@ -317,7 +317,8 @@ def test_a_pretrained_encoder_of_another_width_names_the_shapes(capsys, tiny_che
     status, line = in_process(capsys, "train", "--out", str(tmp_path / "r"), "--set", *TINY,
                               f"model.pretrained={tiny_checkpoint}", f"model.width={trained * 2}")
     assert status == 2 and "does not fit this encoder" in line and "model.width" in line, line
-    assert f"({trained}, 3, 3, 3) there, ({trained * 2}, 3, 3, 3) here" in line, line
+    assert f"torch.Size([{trained}, 3, 3, 3]) from checkpoint" in line, line
+    assert f"current model is torch.Size([{trained * 2}, 3, 3, 3])" in line, line
 
 
 def yaml_width(checkpoint: Path) -> int:

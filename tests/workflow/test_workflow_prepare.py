@@ -111,7 +111,6 @@ def test_an_encoder_without_a_top_level_model_section_is_checked_on_its_own_keys
 def test_a_cam_classifier_of_another_width_than_its_pretrained_encoder_fails_the_dry_run():
     config = grid_config(settings={"perturbation_ablation": {"enabled": False},
                                    "weak_labels": {"enabled": True, "cam": {"model": {"width": 16}}}})
-    config = grid_config(**config)  # schema defaults for the weak setting
     with pytest.raises(GridError, match=r"settings\.weak_labels\.cam\.model\.width .*16, but the CAM classifier "
                                         r"starts from the pretrained encoder of dataset 'tiny', whose width is 8"):
         grid.check_config(config, from_dict)

@@ -75,17 +75,28 @@ def check(config: Mapping[str, Any], datasets: list[str], validate_cct=None) -> 
                 validate_cct(tree)
             except ValueError as exc:
                 raise GridError(f"pretrained.{name}.cct: {exc}") from exc
-    defaults = ModelConfig()
     for dataset in datasets:
         name = encoder_of(config, dataset)
         if name is None:
             continue
         runs_model = dataset_cct(config, dataset).get("model") or {}
-        encoder_model = encoder_config(config, name).get("model") or {}
-        for key in ARCHITECTURE_KEYS:
-            theirs, ours = (m.get(key, getattr(defaults, key)) for m in (runs_model, encoder_model))
-            if theirs != ours:
-                raise GridError(
-                    f"pretrained.{name}.cct.model.{key}: {ours!r}, but the runs of dataset {dataset!r} it "
-                    f"initialises have {theirs!r}; an encoder only initialises its own architecture"
-                )
+        differs = architecture_difference(config, name, runs_model, ModelConfig(), ARCHITECTURE_KEYS)
+        if differs:
+            key, ours, theirs = differs
+            raise GridError(
+                f"pretrained.{name}.cct.model.{key}: {ours!r}, but the runs of dataset {dataset!r} it "
+                f"initialises have {theirs!r}; an encoder only initialises its own architecture"
+            )
+
+
+def architecture_difference(
+    config: Mapping[str, Any], name: str, model: Mapping[str, Any], defaults: Any, keys: tuple[str, ...]
+) -> tuple[str, Any, Any] | None:
+    """The first of ``keys`` on which encoder ``name`` and ``model`` (a model section whose unset keys
+    take ``defaults``' values) differ, as (key, the encoder's value, the model's); None if they agree."""
+    encoder_model, own = encoder_config(config, name).get("model") or {}, ModelConfig()
+    for key in keys:
+        ours, theirs = encoder_model.get(key, getattr(own, key)), model.get(key, getattr(defaults, key))
+        if ours != theirs:
+            return key, ours, theirs
+    return None

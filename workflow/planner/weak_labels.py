@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping
 
 from cct.methods import METHODS
+from planner import prepare
 from planner.configs import GridError, dataset_cct, deep_merge, get_key, split_config
 from planner.layout import Layout, Run
 
@@ -66,11 +67,12 @@ def check(config: Mapping[str, Any], runs: Iterable[Run], validate_cam: Callable
         if dataset in checked:
             continue
         checked.add(dataset)
-        _check_cam_architecture(config, dataset, cam_config(config, dataset, seed))
+        cam = cam_config(config, dataset, seed)
+        _check_cam_architecture(config, dataset, cam)
         if validate_cam is None:
             continue
         try:
-            validate_cam(cam_config(config, dataset, seed))
+            validate_cam(cam)
         except ValueError as exc:
             raise GridError(
                 f"CAM config of {dataset} (from datasets.{dataset}.cct.data, settings.weak_labels.cam, "
@@ -82,16 +84,16 @@ def _check_cam_architecture(config: Mapping[str, Any], dataset: str, cam: Mappin
     """A CAM classifier that starts from the dataset's pretrained encoder must have its backbone
     (``model.encoder`` and ``model.width``; the stride changes no weight's shape): else its job would
     stop after the grid's trainings started."""
-    if not isinstance(get_key(cam, "model.pretrained")[1], str):
+    name = prepare.encoder_of(config, dataset)
+    if name is None:
         return
-    from cct.config import CamModelConfig, ModelConfig
+    from cct.config import CamModelConfig
 
-    runs = dataset_cct(config, dataset).get("model") or {}
-    for key in ("encoder", "width"):
-        ours = get_key(cam, f"model.{key}")[1] if get_key(cam, f"model.{key}")[0] else getattr(CamModelConfig(), key)
-        theirs = runs.get(key, getattr(ModelConfig(), key))
-        if ours != theirs:
-            raise GridError(
-                f"settings.weak_labels.cam.model.{key} (or datasets.{dataset}.cam): {ours!r}, but the CAM classifier "
-                f"starts from the pretrained encoder of dataset {dataset!r}, whose {key} is {theirs!r}"
-            )
+    differs = prepare.architecture_difference(config, name, cam.get("model") or {}, CamModelConfig(),
+                                              ("encoder", "width"))
+    if differs:
+        key, theirs, ours = differs
+        raise GridError(
+            f"settings.weak_labels.cam.model.{key} (or datasets.{dataset}.cam): {ours!r}, but the CAM classifier "
+            f"starts from the pretrained encoder of dataset {dataset!r}, whose {key} is {theirs!r}"
+        )

@@ -336,3 +336,29 @@ def _check_user_splits(config: Mapping[str, Any]) -> None:
             n = sum(1 for line in text.splitlines() if line.strip())
             if n != key[0]:
                 raise GridError(f"{where}.labeled: {entry['labeled']} lists {n} images, but labels is {key[0]}")
+
+
+# Per-iteration cost of a run relative to a supervised one, measured on the embedded default
+# (docs/embedded-benchmark.md, one thread): the unlabelled batch doubles it (a second encoder pass),
+# each auxiliary decoder adds about 8%, pseudo-labelled auxiliary decoders about 30%, every domain
+# of a joint run pays all of it again. Only the order matters: it is the train jobs' priority.
+UNLABELLED_COST, AUX_COST, WEAK_COST = 1.0, 0.08, 0.3
+
+
+def relative_cost(tree: Mapping[str, Any]) -> float:
+    """Estimated cost of a run whose cct overrides are ``tree`` (as :func:`run_config` returns), in
+    supervised iterations of one domain: the ``priority`` of its train job, so that Snakemake starts
+    the longest runs first and the workflow does not end on one long run with the other cores idle.
+    Keys ``tree`` leaves at cct's defaults count as the defaults'."""
+    from cct.config import RunConfig  # the defaults; imports no torch
+
+    defaults = RunConfig()
+    train = tree.get("train") or {}
+    per_domain = 1.0
+    if train.get("mode", defaults.train.mode) != "supervised":
+        aux = {**vars(defaults.model.aux), **((tree.get("model") or {}).get("aux") or {})}
+        per_domain += UNLABELLED_COST + AUX_COST * sum(aux.values())
+        if (tree.get("weak") or {}).get("pseudo_labels"):
+            per_domain += WEAK_COST
+    domains = 1 + len(tree.get("extra_domains") or [])
+    return round(domains * per_domain * int(train.get("iterations", defaults.train.iterations)), 1)

@@ -97,6 +97,17 @@ def resources_of(kind):
     return {key: value for key, value in config["resources"][kind].items() if key != "threads"}
 
 
+# Snakemake starts the ready jobs of highest priority first. Jobs a training waits for (the CAM
+# classifier, its maps, the pseudo labels) go before every training; trainings go longest first
+# (grid.relative_cost), so that the last jobs running are short and no core idles at the end.
+PREPARE_PRIORITY = 1_000_000
+
+
+def train_priority(wildcards):
+    """A train job's priority: its run's estimated cost (planner.grid.relative_cost)."""
+    return grid.relative_cost(run_cct_config(wildcards))
+
+
 def train_launcher():
     """`cct`, or with more than one GPU per training one process per GPU under torchrun
     (DistributedDataParallel, synchronised batch norm; cct/distributed.py)."""

@@ -50,6 +50,7 @@ rule train:
         L.run_file("train.log"),
     benchmark:
         L.benchmark("train", RUN)
+    priority: train_priority
     conda:
         ENV
     threads: threads_of("train")

@@ -35,6 +35,7 @@ rule cam_train:
         f"{WEAK_PATHS['cam']}/train.log",
     benchmark:
         L.benchmark("cam_train", weak_key())
+    priority: PREPARE_PRIORITY
     conda:
         ENV
     threads: threads_of("cam")
@@ -60,6 +61,7 @@ rule cam_infer:
         L.log("cam_infer", weak_key()),
     benchmark:
         L.benchmark("cam_infer", weak_key())
+    priority: PREPARE_PRIORITY
     conda:
         ENV
     threads: threads_of("cam")
@@ -82,6 +84,7 @@ rule pseudo_labels:
         summary=WEAK_PATHS["summary"],
     log:
         L.log("pseudo_labels", weak_key()),
+    priority: PREPARE_PRIORITY
     conda:
         ENV
     threads: threads_of("analysis")

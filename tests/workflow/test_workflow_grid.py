@@ -275,3 +275,23 @@ def test_run_config_is_valid_yaml_for_cct(tmp_path):
     assert loaded.train.mode == "semi" and loaded.train.seed == 1
     assert loaded.model.aux.vat == 2 and loaded.model.aux.dropout == 0
     assert yaml.safe_load(path.read_text())["data"]["labeled_list"] == "l.txt"
+
+
+def test_train_priority_orders_runs_by_cost(default_config):
+    """The train jobs' priority (grid.relative_cost) puts the longest runs first: on the default
+    grid joint CCT > CCT + pseudo labels > CCT (7 decoders) > one perturbation > supervised, each in
+    proportion to its iterations; cct's defaults count where a config leaves a key out."""
+    config = validated(default_config)
+    cost = {}
+    for run in grid.canonical_runs(config).values():
+        cost.setdefault(run.method, set()).add(grid.relative_cost(grid.workflow_run_config(config, run)))
+    assert all(len(values) == 1 for values in cost.values()), cost  # a method's runs cost the same
+    cost = {method: values.pop() for method, values in cost.items()}
+    assert cost["joint_cct"] > cost["cct_weak"] > cost["cct"] > cost["vat"] > cost["supervised"]
+    assert {cost[p] for p in PERTURBATIONS} == {cost["vat"]}
+    assert cost["joint_cct"] == 2 * cost["cct"]
+    its = config["cct"]["train"]["iterations"]
+    assert cost["supervised"] == its
+    assert grid.relative_cost({"train": {"mode": "supervised", "iterations": 2 * its}}) == 2 * its
+    # cct's defaults: semi-supervised, 30 auxiliary decoders, 1000 iterations
+    assert grid.relative_cost({}) == round(1000 * (1 + grid.UNLABELLED_COST + 30 * grid.AUX_COST), 1)

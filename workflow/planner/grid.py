@@ -166,12 +166,17 @@ def user_split(config: Mapping[str, Any], dataset: str, labels: int, split: int)
     return None
 
 
+def yaml_text(tree: Mapping[str, Any]) -> str:
+    """A nested mapping as YAML text: the one form of the configs the rules write from their params
+    (a run's ``overrides.yaml``, a dataset's split config, a CAM config, a pretrained encoder's)."""
+    return yaml.safe_dump(dict(tree), sort_keys=False)
+
+
 def dump_yaml(path: str | Path, tree: Mapping[str, Any]) -> None:
-    """Write a nested mapping as YAML: the one writer of the configs the rules write from their params
-    (a run's ``overrides.yaml``, a dataset's split config, a CAM config)."""
+    """Write :func:`yaml_text` of ``tree`` to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dict(tree), sort_keys=False))
+    path.write_text(yaml_text(tree))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@
 import os
 import re
 import shlex
-import shutil
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -97,6 +96,12 @@ def resources_of(kind):
     return {key: value for key, value in config["resources"][kind].items() if key != "threads"}
 
 
+# The shell command of the rules that write a config from their params (`params.text`, YAML):
+# a shell, not a `run:` block, which Snakemake 9 executes in a new Snakemake process that parses the
+# workflow and builds its DAG again (about 2 s of CPU for each of the grid's 50-odd configs).
+WRITE_TEXT = "printf '%s' {params.text:q} > {output:q} 2> {log:q}"
+
+
 # Snakemake starts the ready jobs of highest priority first. Jobs a training waits for (the CAM
 # classifier, its maps, the pseudo labels) go before every training; trainings go longest first
 # (grid.relative_cost), so that the last jobs running are short and no core idles at the end.
@@ -149,14 +154,6 @@ def canonical_files(wildcards):
     """The canonical run's files that rule alias copies into the alias run's directory."""
     canonical = CANONICAL[Run.from_path(wildcards.alias)]
     return {"metrics": L.run_file("metrics.json", canonical), "config": L.run_file("config.yaml", canonical)}
-
-
-def copy_alias(input, output, log):
-    """Rule alias: copy the canonical run's files and name it in the log."""
-    for name in ("metrics", "config"):
-        shutil.copyfile(input[name], output[name])
-    with open(log, "w") as handle:
-        handle.write(f"alias of {os.path.dirname(input.metrics)}: same cct config; copied, not trained\n")
 
 
 def run_cct_config(wildcards):

@@ -31,10 +31,12 @@ rule pretrain_config:
     log:
         L.log("pretrain_config", "{name}"),
     localrule: True
+    conda:
+        ENV
     params:
-        cct=lambda wildcards: prepare.encoder_config(config, wildcards.name),
-    run:
-        grid.dump_yaml(output[0], params.cct)
+        text=lambda wildcards: grid.yaml_text(prepare.encoder_config(config, wildcards.name)),
+    shell:
+        WRITE_TEXT
 
 
 rule pretrain:

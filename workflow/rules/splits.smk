@@ -11,10 +11,12 @@ rule split_config:
     log:
         L.log("split_config", "{dataset}"),
     localrule: True
+    conda:
+        ENV
     params:
-        cct=lambda wildcards: configs.split_config(config, wildcards.dataset),
-    run:
-        grid.dump_yaml(output[0], params.cct)
+        text=lambda wildcards: grid.yaml_text(configs.split_config(config, wildcards.dataset)),
+    shell:
+        WRITE_TEXT
 
 
 rule splits:

@@ -29,10 +29,12 @@ rule run_config:
     log:
         L.log("run_config", RUN),
     localrule: True
+    conda:
+        ENV
     params:
-        cct=run_cct_config,
-    run:
-        grid.dump_yaml(output[0], params.cct)
+        text=lambda wildcards: grid.yaml_text(run_cct_config(wildcards)),
+    shell:
+        WRITE_TEXT
 
 
 rule train:
@@ -80,5 +82,10 @@ rule alias:
     wildcard_constraints:
         alias=alias_pattern(),
     localrule: True
-    run:
-        copy_alias(input, output, log[0])
+    conda:
+        ENV
+    params:
+        source=lambda wildcards, input: os.path.dirname(input.metrics),
+    shell:
+        "cp {input.metrics:q} {output.metrics:q} && cp {input.config:q} {output.config:q}"
+        " && echo alias of {params.source:q}: same cct config, copied, not trained > {log:q}"

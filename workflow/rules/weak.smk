@@ -17,10 +17,12 @@ rule cam_config:
     log:
         L.log("cam_config", weak_key()),
     localrule: True
+    conda:
+        ENV
     params:
-        cam=lambda wildcards: weak_labels.cam_config(config, wildcards.dataset, wildcards.seed),
-    run:
-        grid.dump_yaml(output[0], params.cam)
+        text=lambda wildcards: grid.yaml_text(weak_labels.cam_config(config, wildcards.dataset, wildcards.seed)),
+    shell:
+        WRITE_TEXT
 
 
 rule cam_train:

@@ -162,3 +162,29 @@ def test_profile_limits_gpus(workdir):
     assert proc.returncode == 0, proc.stderr
     train_jobs = re.findall(r"rule train:.*?resources: ([^\n]*)", proc.stdout, re.S)
     assert train_jobs and all("gpu=1," in r for r in train_jobs)
+
+
+# every rule whose outputs a training reads, directly or through another job
+PREPARATION = {"embedded_data", "pretrain_config", "pretrain", "split_config", "splits", "run_config",
+               "cam_config", "cam_train", "cam_infer", "pseudo_labels"}
+
+
+def test_dry_run_priorities_prepare_first_then_longest_training(workdir):
+    """Snakemake starts the ready jobs of highest priority first: every job a training waits for
+    outranks every training (else trainings hold back the splits and configs of later ones), and
+    trainings go longest first (the joint runs before the supervised ones)."""
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode == 0, proc.stderr
+    jobs = [(m.group(1), m.group(2), float(m.group(3) or 0)) for m in re.finditer(
+        r"^(?:local)?rule (\w+):\n(.*?)(?:^    priority: ([\d.]+)\n|(?=^\S))", proc.stdout, re.M | re.S)]
+    by_rule: dict[str, set[float]] = {}
+    for rule, body, priority in jobs:
+        key = rule if rule != "train" else re.search(r"method=(\w+)", body).group(1)
+        by_rule.setdefault(key, set()).add(priority)
+    assert PREPARATION <= set(by_rule)
+    prepare = {p for rule in PREPARATION for p in by_rule[rule]}
+    assert len(prepare) == 1
+    train = {method: ps for method, ps in by_rule.items() if method not in PREPARATION and method != "alias"
+             and not method.startswith(("plot", "table", "collect", "runtime", "weak_", "pseudo_label_", "all"))}
+    assert max(p for ps in train.values() for p in ps) < min(prepare)
+    assert min(train["joint_cct"]) > max(train["cct"]) > max(train["vat"]) > max(train["supervised"]) > 0

@@ -102,9 +102,11 @@ def resources_of(kind):
 WRITE_TEXT = "printf '%s' {params.text:q} > {output:q} 2> {log:q}"
 
 
-# Snakemake starts the ready jobs of highest priority first. Jobs a training waits for (the CAM
-# classifier, its maps, the pseudo labels) go before every training; trainings go longest first
-# (grid.relative_cost), so that the last jobs running are short and no core idles at the end.
+# Snakemake starts the ready jobs of highest priority first (priority 0 without one). Every job a
+# training waits for (scenes, pretrained encoder, configs, splits, the CAM classifier, its maps, the
+# pseudo labels) goes before every training, or trainings ready earlier would hold it back and the
+# runs behind it start late; trainings go longest first (grid.relative_cost), so that the last jobs
+# running are short and no core idles at the end.
 PREPARE_PRIORITY = 1_000_000
 
 

@@ -13,6 +13,7 @@ rule embedded_data:
         L.log("embedded_data", "{domain}"),
     benchmark:
         L.benchmark("embedded_data", "{domain}")
+    priority: PREPARE_PRIORITY
     conda:
         ENV
     threads: 1
@@ -30,6 +31,7 @@ rule pretrain_config:
         L.pretrained_file("overrides.yaml"),
     log:
         L.log("pretrain_config", "{name}"),
+    priority: PREPARE_PRIORITY
     localrule: True
     conda:
         ENV
@@ -52,6 +54,7 @@ rule pretrain:
         L.pretrained_file("train.log"),
     benchmark:
         L.benchmark("pretrain", "{name}")
+    priority: PREPARE_PRIORITY
     conda:
         ENV
     threads: threads_of("pretrain")

@@ -10,6 +10,7 @@ rule split_config:
         L.split_config(),
     log:
         L.log("split_config", "{dataset}"),
+    priority: PREPARE_PRIORITY
     localrule: True
     conda:
         ENV
@@ -30,6 +31,7 @@ rule splits:
         L.log("splits", split_key()),
     benchmark:
         L.benchmark("splits", split_key())
+    priority: PREPARE_PRIORITY
     conda:
         ENV
     threads: threads_of("splits")

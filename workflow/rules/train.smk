@@ -28,6 +28,7 @@ rule run_config:
         L.run_file("overrides.yaml"),
     log:
         L.log("run_config", RUN),
+    priority: PREPARE_PRIORITY
     localrule: True
     conda:
         ENV

@@ -16,6 +16,7 @@ rule cam_config:
         WEAK_PATHS["config"],
     log:
         L.log("cam_config", weak_key()),
+    priority: PREPARE_PRIORITY
     localrule: True
     conda:
         ENV

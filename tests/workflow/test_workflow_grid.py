@@ -269,8 +269,8 @@ def test_run_config_is_valid_yaml_for_cct(tmp_path):
     cct_config = pytest.importorskip("cct.config")
     config = minimal()
     run = Run("embedded", "perturbation_ablation", "vat", 10, 0, 1)
-    path = tmp_path / "run" / "overrides.yaml"
-    grid.dump_yaml(path, grid.run_config(config, run, "l.txt", "u.txt"))
+    path = tmp_path / "overrides.yaml"
+    path.write_text(grid.yaml_text(grid.run_config(config, run, "l.txt", "u.txt")))
     loaded = cct_config.load_config(path)
     assert loaded.train.mode == "semi" and loaded.train.seed == 1
     assert loaded.model.aux.vat == 2 and loaded.model.aux.dropout == 0

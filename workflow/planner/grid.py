@@ -172,13 +172,6 @@ def yaml_text(tree: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(tree), sort_keys=False)
 
 
-def dump_yaml(path: str | Path, tree: Mapping[str, Any]) -> None:
-    """Write :func:`yaml_text` of ``tree`` to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml_text(tree))
-
-
 # --------------------------------------------------------------------------------------------------
 # Checks that run before any job starts
 
@@ -354,16 +347,13 @@ def relative_cost(tree: Mapping[str, Any]) -> float:
     """Estimated cost of a run whose cct overrides are ``tree`` (as :func:`run_config` returns), in
     supervised iterations of one domain: the ``priority`` of its train job, so that Snakemake starts
     the longest runs first and the workflow does not end on one long run with the other cores idle.
-    Keys ``tree`` leaves at cct's defaults count as the defaults'."""
-    from cct.config import RunConfig  # the defaults; imports no torch
+    The tree is resolved by cct itself (``from_dict``), so keys it leaves out count at cct's defaults."""
+    from cct.config import from_dict  # imports no torch
 
-    defaults = RunConfig()
-    train = tree.get("train") or {}
+    run = from_dict(dict(tree))
     per_domain = 1.0
-    if train.get("mode", defaults.train.mode) != "supervised":
-        aux = {**vars(defaults.model.aux), **((tree.get("model") or {}).get("aux") or {})}
-        per_domain += UNLABELLED_COST + AUX_COST * sum(aux.values())
-        if (tree.get("weak") or {}).get("pseudo_labels"):
+    if run.train.mode != "supervised":
+        per_domain += UNLABELLED_COST + AUX_COST * sum(vars(run.model.aux).values())
+        if run.weak.pseudo_labels is not None:
             per_domain += WEAK_COST
-    domains = 1 + len(tree.get("extra_domains") or [])
-    return round(domains * per_domain * int(train.get("iterations", defaults.train.iterations)), 1)
+    return round(len(run.domains) * per_domain * run.train.iterations, 1)

@@ -62,19 +62,19 @@ def test_default_config_grid(default_config):
 
 
 def test_default_config_trains_each_config_once(default_config):
-    """63 runs, 48 trainings: the ablation's supervised and all runs at its label count, the weak
-    setting's supervised and cct runs and the multi-domain setting's domain-a cct run alone have the
-    curve's supervised and cct configs (split lists included) and become aliases of them."""
+    """63 runs, 54 trainings: the weak setting's supervised and cct runs and the multi-domain
+    setting's domain-a cct run alone have the curve's supervised and cct configs (split lists
+    included) and become aliases of them; the ablation's runs have the paper's decoder counts
+    (settings.perturbation_ablation.cct), so its supervised and all runs are trained."""
     config = validated(default_config)
     runs = grid.check_config(config)
     canonical = grid.canonical_runs(config, runs)
     assert list(canonical) == runs and len(runs) == 63
-    assert len({c for c in canonical.values()}) == 48
+    assert len({c for c in canonical.values()}) == 54
     labels = config["settings"]["perturbation_ablation"]["label_count"]
     expected = {
         Run("embedded", setting, method, labels, 0, seed): Run("embedded", "label_fraction", curve, labels, 0, seed)
-        for setting, pairs in (("perturbation_ablation", (("supervised", "supervised"), ("all", "cct"))),
-                               ("weak_labels", (("supervised", "supervised"), ("cct", "cct"))),
+        for setting, pairs in (("weak_labels", (("supervised", "supervised"), ("cct", "cct"))),
                                ("multi_domain", (("cct", "cct"),)))
         for method, curve in pairs for seed in config["seeds"]
     }
@@ -87,6 +87,14 @@ def test_default_config_trains_each_config_once(default_config):
             f"results/splits/embedded/{labels}/split0/labeled.txt")
     vat = Run("embedded", "perturbation_ablation", "vat", labels, 0, 0)
     assert grid.canonical_run(config, vat) == vat
+    assert grid.workflow_run_config(config, vat)["model"]["aux"] == {
+        "vat": 2, "dropout": 0, "cutout": 0, "context_masking": 0, "object_masking": 0, "feature_drop": 0,
+        "feature_noise": 0}
+    every = Run("embedded", "perturbation_ablation", "all", labels, 0, 0)
+    assert grid.canonical_run(config, every) == every
+    assert sum(grid.workflow_run_config(config, every)["model"]["aux"].values()) == 30
+    cct = Run("embedded", "label_fraction", "cct", labels, 0, 0)
+    assert sum(grid.workflow_run_config(config, cct)["model"]["aux"].values()) == 7
     with pytest.raises(GridError, match="not a run of the grid"):
         grid.canonical_run(config, Run("embedded", "perturbation_ablation", "vat", 7, 0, 0))
 
@@ -279,16 +287,19 @@ def test_run_config_is_valid_yaml_for_cct(tmp_path):
 
 def test_train_priority_orders_runs_by_cost(default_config):
     """The train jobs' priority (grid.relative_cost) puts the longest runs first: on the default
-    grid joint CCT > CCT + pseudo labels > CCT (7 decoders) > one perturbation > supervised, each in
-    proportion to its iterations; cct's defaults count where a config leaves a key out."""
+    grid joint CCT > the ablation's all (30 decoders) > CCT + pseudo labels > CCT (7 decoders) > one
+    perturbation (6 decoders > 2) > supervised, each in proportion to its iterations; cct's defaults
+    count where a config leaves a key out."""
     config = validated(default_config)
     cost = {}
     for run in grid.canonical_runs(config).values():
         cost.setdefault(run.method, set()).add(grid.relative_cost(grid.workflow_run_config(config, run)))
     assert all(len(values) == 1 for values in cost.values()), cost  # a method's runs cost the same
     cost = {method: values.pop() for method, values in cost.items()}
-    assert cost["joint_cct"] > cost["cct_weak"] > cost["cct"] > cost["vat"] > cost["supervised"]
-    assert {cost[p] for p in PERTURBATIONS} == {cost["vat"]}
+    assert cost["joint_cct"] > cost["all"] > cost["cct_weak"] > cost["cct"] > cost["dropout"] > cost["vat"]
+    assert cost["vat"] > cost["supervised"]
+    assert {cost[p] for p in PERTURBATIONS} == {cost["vat"], cost["dropout"]}
+    assert cost["context_masking"] == cost["object_masking"] == cost["vat"]
     assert cost["joint_cct"] == 2 * cost["cct"]
     its = config["cct"]["train"]["iterations"]
     assert cost["supervised"] == its

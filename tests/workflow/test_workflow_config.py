@@ -33,14 +33,15 @@ def test_default_config_dry_run_lists_every_job(workdir, default_config):
     assert ablation_count in default_config["datasets"]["embedded"]["label_counts"]
     multi = default_config["settings"]["multi_domain"]["methods"]
     alone = [m for m in multi if not m.startswith("joint_")]
-    # the curve, the ablation (its own runs: the paper's decoder counts, settings.perturbation_ablation.cct),
-    # the weak-label setting (supervised and cct are the curve's: aliases) and the multi-domain
-    # setting (each alone method on both domains, domain a's being the curve's, and the joint runs)
+    # the curve, the ablation (its own runs: the paper's decoder counts, settings.perturbation_ablation.cct,
+    # but its supervised is the curve's: an alias), the weak-label setting (supervised and cct are the
+    # curve's: aliases) and the multi-domain setting (each alone method on both domains, domain a's
+    # being the curve's, and the joint runs)
     n_curve, n_ablation, n_weak = n_counts * 2 * n_seeds, 9 * n_seeds, 3 * n_seeds
     n_multi = (2 * len(alone) + len(multi) - len(alone)) * n_seeds
-    n_aliases = (2 + len(alone)) * n_seeds
-    assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 54
-    assert counts["alias"] == n_aliases == 9
+    n_aliases = (1 + 2 + len(alone)) * n_seeds
+    assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 51
+    assert counts["alias"] == n_aliases == 12
     assert counts["run_config"] == counts["train"]
     # the curve's counts of domain a (the others' are among them), domain b at the smallest
     assert counts["splits"] == n_counts + 1
@@ -48,6 +49,8 @@ def test_default_config_dry_run_lists_every_job(workdir, default_config):
     aliases = re.findall(r"rule alias:\n.*?wildcards: alias=([^\n]*)", proc.stdout, re.S)
     assert sorted(aliases) == sorted(
         [f"embedded/weak_labels/{m}/{smallest}/split0/seed{s}" for m in ("supervised", "cct")
+           for s in default_config["seeds"]]
+        + [f"embedded/perturbation_ablation/supervised/{ablation_count}/split0/seed{s}"
            for s in default_config["seeds"]]
         + [f"embedded/multi_domain/{m}/{smallest}/split0/seed{s}" for m in alone for s in default_config["seeds"]])
     # the pretrained encoder is trained once, before the trainings that read it
@@ -75,9 +78,10 @@ def test_full_config_dry_run(tmp_path, default_config):
     assert full["settings"]["multi_domain"]["methods"] == ["supervised", "cct", "joint_supervised", "joint_cct"]
     n_runs = n_points * (n_counts * 2 + 9 + 3 + 6)
     assert n_runs == 144
-    # the weak setting's and domain a's supervised/cct are aliases (the ablation's decoder counts differ)
-    assert counts["train"] == n_runs - 2 * 2 * n_points == 120
-    assert counts["alias"] == 2 * 2 * n_points
+    # the weak setting's and domain a's supervised/cct and the ablation's supervised are aliases (the
+    # decoder counts of the ablation's other runs differ)
+    assert counts["train"] == n_runs - 5 * n_points == 114
+    assert counts["alias"] == 5 * n_points
     assert f"{full['results']}/tables/runs.csv" in proc.stdout
     assert f"{full['results']}/tables/multi_domain.csv" in proc.stdout
 

@@ -17,9 +17,10 @@ split draws x training seeds. Its cct config is the deep merge, later winning, o
 The keys of step 5 and ``train.mode`` belong to the grid: a config that sets them in 1-3 is refused.
 The multi-domain setting's joint runs train one model over several datasets (:mod:`planner.multi_domain`).
 
-Two runs of different settings can resolve to the same cct config (the ablation's ``supervised`` and
-``all`` at a label count of the curve are the curve's ``supervised`` and ``cct``); the grid trains
-such a config once, and the other run is an alias of it (see :func:`canonical_runs`).
+Two runs of different settings can resolve to the same cct config (the ablation's ``supervised`` at a
+label count of the curve is the curve's ``supervised``, whatever decoder counts the ablation gives
+its other runs: :func:`planner.configs.base_cct`); the grid trains such a config once, and the other
+run is an alias of it (see :func:`canonical_runs`).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def run_config(config: Mapping[str, Any], run: Run, labeled_list: str | None = N
         return multi_domain.joint_run_config(config, run, lists)
     if labeled_list is None and lists is not None and run.dataset in lists:
         labeled_list, unlabeled_list = lists[run.dataset]["labeled"], lists[run.dataset]["unlabeled"]
-    base = base_cct(config, run.dataset, run.setting)
+    base = base_cct(config, run.dataset, run.setting, run.method)
     point: dict[str, Any] = {
         "data": {"n_labeled": run.labels, "split_seed": run.split},
         "train": {"seed": run.seed},

@@ -121,7 +121,7 @@ def joint_run_config(config: Mapping[str, Any], run: Run,
     key. Every domain gets the run's label count and split seed and its own split lists
     (``lists[<member>]``, a mapping with ``labeled`` and ``unlabeled``, when given)."""
     members = domains(config, run)
-    base = base_cct(config, members[0], run.setting)
+    base = base_cct(config, members[0], run.setting, JOINT_METHODS[run.method])
 
     def domain(member: str) -> dict[str, Any]:
         point: dict[str, Any] = {"name": member, "n_labeled": run.labels, "split_seed": run.split}

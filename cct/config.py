@@ -111,6 +111,12 @@ class OptimConfig:
     weight_decay: float = 1e-4
     encoder_lr_factor: float = 1.0  # 0.1 for a pretrained encoder (the paper)
     poly_power: float = 0.9
+    # A joint run (extra_domains) sums its domains' losses, so the shared backbone's gradient is the
+    # sum of theirs. "mean" divides the backbone's rate (the one encoder_lr_factor scales) by the
+    # number of domains: it steps as far as in a single-domain run, and joint against alone compares
+    # the data, not the step size. "sum" keeps the rate (the paper is silent; the official code has
+    # no joint training). No effect on a single-domain run.
+    joint_backbone: str = "sum"
 
 
 @dataclass
@@ -209,6 +215,7 @@ class RunConfig:
         _in_range("optim.weight_decay", oc.weight_decay, 0.0)
         _in_range("optim.encoder_lr_factor", oc.encoder_lr_factor, 0.0)
         _in_range("optim.poly_power", oc.poly_power, 0.0)
+        _choice("optim.joint_backbone", oc.joint_backbone, ("sum", "mean"))
         _in_range("loss.unsupervised_w", lc.unsupervised_w, 0.0)
         _in_range("loss.rampup", lc.rampup, 0.0, 1.0, why="a fraction of train.iterations")
         _in_range("loss.abce_final_threshold", lc.abce_final_threshold, 0.0, 1.0, lo_open=True)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from cct import distributed, engine, losses
-from cct.config import ConfigError, DataConfig, RunConfig, save_config
+from cct.config import ConfigError, DataConfig, OptimConfig, RunConfig, save_config
 from cct.data.base import Source, load_source
 from cct.data.loader import batch_stream
 from cct.data.splits import make_split, read_list, validate_split
@@ -143,6 +143,13 @@ def _numeric_config(config_dict: dict) -> dict:
     return engine.numeric_identity(config_dict, _EXECUTION_KEYS)
 
 
+def backbone_lr(oc: OptimConfig, n_domains: int) -> float:
+    """The backbone's base rate (the pretrained part of the shared encoder; PSP and decoders take
+    ``lr``): ``lr * encoder_lr_factor``, over the number of domains when ``optim.joint_backbone`` is
+    ``mean`` (its step is then that of the domains' mean gradient, not of their sum)."""
+    return oc.lr * oc.encoder_lr_factor / (n_domains if oc.joint_backbone == "mean" else 1)
+
+
 def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None = None, *, stale: str = "refuse",
           watch_pid: int | None = None) -> dict:
     """Train and evaluate one run; write ``config.yaml``, ``checkpoint.pt``, ``metrics.json`` and
@@ -172,7 +179,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
         # supervised: the aux decoders get no gradient
         step_fn = distributed.wrap(model, ctx, find_unused_parameters=not semi)
         backbone, rest = model.parameter_groups()
-        base_lrs = [oc.lr * oc.encoder_lr_factor, oc.lr]
+        base_lrs = [backbone_lr(oc, len(domains)), oc.lr]
         optimizer = SGD([{"params": backbone, "lr": base_lrs[0]}, {"params": rest, "lr": base_lrs[1]}],
                         momentum=oc.momentum, weight_decay=oc.weight_decay)
         start, history = resume.load(model, optimizer, device, ctx)

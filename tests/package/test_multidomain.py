@@ -179,3 +179,40 @@ def test_cli_evaluates_and_predicts_one_domain(joint_run, tmp_path):
     assert scores["domain"] == "night" and scores["miou"] == pytest.approx(metrics["domains"]["night"]["miou"])
     proc = run_cct("evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--domain", "dusk")
     assert proc.returncode == 2 and "'dusk' is not a domain of this checkpoint" in proc.stderr
+
+
+def test_joint_backbone_mean_halves_the_backbones_step_and_nothing_else(tmp_path):
+    """``optim.joint_backbone=mean``: a two-domain run's first SGD step moves the backbone half as
+    far as with ``sum`` (its gradient is the sum over the domains; the mean steps like one domain's)
+    and every other parameter (PSP, each domain's decoders) exactly as far. No weight decay, so a
+    first step is ``-lr * grad``; both runs draw the same batches and perturbations."""
+    from cct.train import _model, load_domains, train
+
+    base = JOINT + ["train.iterations=1", "train.eval_interval=1", "train.checkpoint_interval=1",
+                    "optim.weight_decay=0.0"]
+    config = from_dict(None, base)
+    init = _model(config, load_domains(config), torch.device("cpu"))
+    backbone = {name for name, _ in init.named_parameters() if name.startswith("encoder.backbone.")}
+    start = {name: p.detach().clone() for name, p in init.named_parameters()}
+    steps = {}
+    for mode in ("sum", "mean"):
+        train(from_dict(None, base + [f"optim.joint_backbone={mode}"]), tmp_path / mode)
+        final = torch.load(tmp_path / mode / "checkpoint.pt", weights_only=True)["model"]
+        steps[mode] = {name: final[name] - start[name] for name in start}
+    assert backbone and len(backbone) < len(start)
+    moved = [name for name in backbone if steps["sum"][name].abs().max() > 1e-4]
+    assert len(moved) > len(backbone) // 2  # the step is not vacuous
+    for name in start:  # atol: a step is the difference of two float32 weights, exact to about 1e-8
+        expected = steps["sum"][name] / 2 if name in backbone else steps["sum"][name]
+        torch.testing.assert_close(steps["mean"][name], expected, rtol=1e-3, atol=1e-7, msg=name)
+
+
+def test_joint_backbone_rate_is_the_single_domain_rate_over_the_domains():
+    from cct.config import OptimConfig
+    from cct.train import backbone_lr
+
+    assert backbone_lr(OptimConfig(lr=0.05, encoder_lr_factor=0.1), 3) == pytest.approx(0.005)
+    assert backbone_lr(OptimConfig(lr=0.05, encoder_lr_factor=0.1, joint_backbone="mean"), 1) == pytest.approx(0.005)
+    assert backbone_lr(OptimConfig(lr=0.05, encoder_lr_factor=0.1, joint_backbone="mean"), 2) == pytest.approx(0.0025)
+    with pytest.raises(ConfigError, match="optim.joint_backbone"):
+        from_dict(None, ["optim.joint_backbone=average"])

@@ -308,3 +308,20 @@ def test_train_priority_orders_runs_by_cost(default_config):
     assert grid.relative_cost({"train": {"mode": "supervised", "iterations": 2 * its}}) == 2 * its
     # cct's defaults: semi-supervised, 30 auxiliary decoders, 1000 iterations
     assert grid.relative_cost({}) == round(1000 * (1 + grid.UNLABELLED_COST + 30 * grid.AUX_COST), 1)
+
+
+def test_default_joint_run_steps_its_backbone_like_a_single_domain_run(default_config):
+    """The default grid sets ``optim.joint_backbone: mean`` for every run: it changes the joint runs
+    only (their backbone's rate over 2 domains), so domain a's CCT run alone stays the curve's."""
+    cct_config = pytest.importorskip("cct.config")
+    train = pytest.importorskip("cct.train")
+    config = validated(default_config)
+    joint = grid.workflow_run_config(config, Run("embedded_ab", "multi_domain", "joint_cct", 20, 0, 0))
+    alone = Run("embedded", "multi_domain", "cct", 20, 0, 0)
+    assert joint["optim"]["joint_backbone"] == "mean"
+    assert grid.canonical_run(config, alone) == Run("embedded", "label_fraction", "cct", 20, 0, 0)
+    joint_cfg = cct_config.from_dict(joint)
+    alone_cfg = cct_config.from_dict(grid.workflow_run_config(config, alone))
+    domains = 1 + len(joint_cfg.extra_domains)
+    assert domains == 2
+    assert train.backbone_lr(joint_cfg.optim, domains) == train.backbone_lr(alone_cfg.optim, 1) / 2

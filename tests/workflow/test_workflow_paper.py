@@ -220,6 +220,8 @@ def test_multidomain_run_configs_follow_the_voc_protocol_and_read_each_root(mult
         assert own[section] == voc[section]
     assert (cfg.model.encoder, cfg.model.pretrained, cfg.model.output_stride) == ("resnet50", True, 8)
     assert (cfg.train.batch_size_labeled, cfg.train.batch_size_unlabeled, cfg.train.mode) == (10, 10, "semi")
+    # the losses summed over the datasets, as the paper describes, not the embedded default's mean step
+    assert cfg.optim.joint_backbone == "sum" and merged()["cct"]["optim"]["joint_backbone"] == "mean"
     assert cfg.train.iterations == 50 * 524 and cfg.train.eval_interval == 5 * 524
     # no paper number is known for this table: nothing of the setting in data/paper_numbers.csv
     paper = pd.read_csv(ROOT / "data" / "paper_numbers.csv")

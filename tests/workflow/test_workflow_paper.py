@@ -111,6 +111,27 @@ def test_voc_without_a_data_root_stops_before_any_job(workdir):
     assert "data.root is not set for the 'voc' dataset: run with --config data_root=" in proc.stdout + proc.stderr
 
 
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of a nested mapping's leaves (``model.aux`` counts as one leaf)."""
+    keys = set()
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "aux":
+            keys |= _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(prefix + key)
+    return keys
+
+
+@pytest.mark.parametrize("name", ["voc.yaml", "ablation.yaml", "multidomain.yaml"])
+def test_paper_protocols_set_every_key_of_the_embedded_default(name):
+    """Snakemake merges config/config.yaml under every --configfile key by key, so a key of the
+    default's ``cct`` that a protocol leaves out reaches the paper's runs (as optim.joint_backbone:
+    mean once did). model.width is the small encoder's only (ResNet-50 ignores it)."""
+    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["cct"]
+    missing = _leaf_keys(default) - _leaf_keys(load(name)["cct"]) - {"model.width"}
+    assert not missing, f"config/paper/{name} inherits the embedded default's {sorted(missing)}"
+
+
 def test_ablation_dry_run(workdir, voc_root):
     proc = snakemake(workdir, "-n", "--configfile", str(PAPER / "ablation.yaml"), "--config", f"data_root={voc_root}",
                      timeout=DRY_RUN_LIMIT_S)

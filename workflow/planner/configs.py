@@ -147,16 +147,16 @@ def with_embedded_root(config: Mapping[str, Any], data: Mapping[str, Any] | None
 
 
 def base_cct(config: Mapping[str, Any], dataset: str, setting: str, method: str | None = None) -> dict[str, Any]:
-    """The cct overrides shared by every run of (dataset, setting), before method and grid point.
+    """The cct overrides of (dataset, setting), before the method's keys and the grid point.
 
-    With a supervised ``method`` the setting's ``model.aux`` is left out: a supervised run builds
+    Given a supervised ``method``, the setting's ``model.aux`` is left out: a supervised run builds
     auxiliary decoders it never trains, so the counts a setting gives its semi-supervised runs (the
     ablation's paper counts) would only make the same training a second, different config. Its
     runs then equal the other settings' and are aliases of them (:func:`planner.grid.canonical_runs`).
     """
     setting_cct = config["settings"][setting].get("cct")
     if method is not None and methods.get(method).mode == "supervised" and get_key(setting_cct, "model.aux")[0]:
-        setting_cct = copy.deepcopy(dict(setting_cct))
+        setting_cct = copy.deepcopy(setting_cct)
         del setting_cct["model"]["aux"]
     return deep_merge(dataset_cct(config, dataset), setting_cct)
 

@@ -9,7 +9,7 @@ split draws x training seeds. Its cct config is the deep merge, later winning, o
 
 1. ``cct`` (shared by every run),
 2. ``datasets.<dataset>.cct``,
-3. ``settings.<setting>.cct``,
+3. ``settings.<setting>.cct`` (without its ``model.aux`` for a supervised method: :func:`planner.configs.base_cct`),
 4. the method (``train.mode`` and the auxiliary decoder counts, :func:`cct.methods.overrides`),
 5. the grid point (labelled/unlabelled lists, label count, split seed, training seed; the pseudo
    labels of a method that learns from them, :mod:`planner.weak_labels`).

@@ -33,15 +33,16 @@ def test_default_config_dry_run_lists_every_job(workdir, default_config):
     assert ablation_count in default_config["datasets"]["embedded"]["label_counts"]
     multi = default_config["settings"]["multi_domain"]["methods"]
     alone = [m for m in multi if not m.startswith("joint_")]
-    # the curve, the ablation (its own runs: the paper's decoder counts, settings.perturbation_ablation.cct,
-    # but its supervised is the curve's: an alias), the weak-label setting (supervised and cct are the
-    # curve's: aliases) and the multi-domain setting (each alone method on both domains, domain a's
-    # being the curve's, and the joint runs)
+    # the curve, the ablation (its perturbations alone: their own runs, the paper's decoder counts,
+    # settings.perturbation_ablation.alone_aux; its supervised and all are the curve's supervised and
+    # cct: aliases), the weak-label setting (supervised and cct are the curve's: aliases) and the
+    # multi-domain setting (each alone method on both domains, domain a's being the curve's, and the
+    # joint runs)
     n_curve, n_ablation, n_weak = n_counts * 2 * n_seeds, 9 * n_seeds, 3 * n_seeds
     n_multi = (2 * len(alone) + len(multi) - len(alone)) * n_seeds
-    n_aliases = (1 + 2 + len(alone)) * n_seeds
-    assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 51
-    assert counts["alias"] == n_aliases == 12
+    n_aliases = (2 + 2 + len(alone)) * n_seeds
+    assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 48
+    assert counts["alias"] == n_aliases == 15
     assert counts["run_config"] == counts["train"]
     # the curve's counts of domain a (the others' are among them), domain b at the smallest
     assert counts["splits"] == n_counts + 1
@@ -50,13 +51,14 @@ def test_default_config_dry_run_lists_every_job(workdir, default_config):
     assert sorted(aliases) == sorted(
         [f"embedded/weak_labels/{m}/{smallest}/split0/seed{s}" for m in ("supervised", "cct")
            for s in default_config["seeds"]]
-        + [f"embedded/perturbation_ablation/supervised/{ablation_count}/split0/seed{s}"
-           for s in default_config["seeds"]]
+        + [f"embedded/perturbation_ablation/{m}/{ablation_count}/split0/seed{s}"
+           for m in ("supervised", "all") for s in default_config["seeds"]]
         + [f"embedded/multi_domain/{m}/{smallest}/split0/seed{s}" for m in alone for s in default_config["seeds"]])
     # the pretrained encoder is trained once, before the trainings that read it
     assert counts["pretrain"] == 1 and counts["embedded_data"] == 3
     trained = re.findall(r"rule train:\n.*?wildcards: ([^\n]*)", proc.stdout, re.S)
-    assert sum("setting=perturbation_ablation, method=all" in w for w in trained) == n_seeds
+    assert sum("setting=perturbation_ablation, method=all" in w for w in trained) == 0
+    assert sum("setting=perturbation_ablation, method=vat" in w for w in trained) == n_seeds
     joint = [w for w in trained if "setting=multi_domain, method=joint" in w]
     assert len(joint) == (len(multi) - len(alone)) * n_seeds and all("dataset=embedded_ab" in w for w in joint)
     assert counts["table"] == 4 and counts["plot"] == 4 and counts["plot_curves"] == 4
@@ -78,10 +80,10 @@ def test_full_config_dry_run(tmp_path, default_config):
     assert full["settings"]["multi_domain"]["methods"] == ["supervised", "cct", "joint_supervised", "joint_cct"]
     n_runs = n_points * (n_counts * 2 + 9 + 3 + 6)
     assert n_runs == 144
-    # the weak setting's and domain a's supervised/cct and the ablation's supervised are aliases (the
-    # decoder counts of the ablation's other runs differ)
-    assert counts["train"] == n_runs - 5 * n_points == 114
-    assert counts["alias"] == 5 * n_points
+    # the weak setting's and domain a's supervised/cct and the ablation's supervised and all are
+    # aliases (the ablation's perturbations alone have their own decoder counts)
+    assert counts["train"] == n_runs - 6 * n_points == 108
+    assert counts["alias"] == 6 * n_points
     assert f"{full['results']}/tables/runs.csv" in proc.stdout
     assert f"{full['results']}/tables/multi_domain.csv" in proc.stdout
 

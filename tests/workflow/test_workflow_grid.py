@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -62,22 +63,22 @@ def test_default_config_grid(default_config):
 
 
 def test_default_config_trains_each_config_once(default_config):
-    """63 runs, 51 trainings: the weak setting's supervised and cct runs, the multi-domain
-    setting's domain-a cct run alone and the ablation's supervised run have the curve's supervised
-    and cct configs (split lists included) and become aliases of them; the ablation's other runs
-    have the paper's decoder counts (settings.perturbation_ablation.cct), so its all run is trained
-    (a supervised run never trains its decoders: it keeps the curve's counts)."""
+    """63 runs, 48 trainings: the weak setting's supervised and cct runs, the multi-domain
+    setting's domain-a cct run alone and the ablation's supervised and all runs have the curve's
+    supervised and cct configs (split lists included) and become aliases of them; the ablation's
+    perturbations alone have the paper's decoder count of their kind
+    (settings.perturbation_ablation.alone_aux) and are trained."""
     config = validated(default_config)
     runs = grid.check_config(config)
     canonical = grid.canonical_runs(config, runs)
     assert list(canonical) == runs and len(runs) == 63
-    assert len({c for c in canonical.values()}) == 51
+    assert len({c for c in canonical.values()}) == 48
     labels = config["settings"]["perturbation_ablation"]["label_count"]
     expected = {
         Run("embedded", setting, method, labels, 0, seed): Run("embedded", "label_fraction", curve, labels, 0, seed)
         for setting, pairs in (("weak_labels", (("supervised", "supervised"), ("cct", "cct"))),
                                ("multi_domain", (("cct", "cct"),)),
-                               ("perturbation_ablation", (("supervised", "supervised"),)))
+                               ("perturbation_ablation", (("supervised", "supervised"), ("all", "cct"))))
         for method, curve in pairs for seed in config["seeds"]
     }
     assert {r: c for r, c in canonical.items() if r != c} == expected
@@ -92,11 +93,12 @@ def test_default_config_trains_each_config_once(default_config):
     assert grid.workflow_run_config(config, vat)["model"]["aux"] == {
         "vat": 2, "dropout": 0, "cutout": 0, "context_masking": 0, "object_masking": 0, "feature_drop": 0,
         "feature_noise": 0}
-    every = Run("embedded", "perturbation_ablation", "all", labels, 0, 0)
-    assert grid.canonical_run(config, every) == every
-    assert sum(grid.workflow_run_config(config, every)["model"]["aux"].values()) == 30
+    for kind, count in config["settings"]["perturbation_ablation"]["alone_aux"].items():
+        alone = grid.workflow_run_config(config, Run("embedded", "perturbation_ablation", kind, labels, 0, 0))
+        assert alone["model"]["aux"] == {p: count if p == kind else 0 for p in PERTURBATIONS}
+        assert count == configs.PAPER_AUX[kind]
     cct = Run("embedded", "label_fraction", "cct", labels, 0, 0)
-    assert sum(grid.workflow_run_config(config, cct)["model"]["aux"].values()) == 7
+    assert grid.workflow_run_config(config, cct)["model"]["aux"] == dict.fromkeys(PERTURBATIONS, 1)
     with pytest.raises(GridError, match="not a run of the grid"):
         grid.canonical_run(config, Run("embedded", "perturbation_ablation", "vat", 7, 0, 0))
 
@@ -208,6 +210,40 @@ def test_run_config_merge_order():
     assert config["cct"]["model"]["aux"] == {"dropout": 3}  # inputs are not mutated
 
 
+def test_alone_aux_sets_a_perturbation_alone_and_nothing_else():
+    """settings.perturbation_ablation.alone_aux: the count of a perturbation in its run alone; one not
+    named keeps the base count, and the all run (every perturbation) keeps every base count."""
+    config = minimal()
+    config["cct"] = {"model": {"aux": dict.fromkeys(PERTURBATIONS, 1)}}
+    config["settings"]["perturbation_ablation"]["alone_aux"] = {"dropout": 6, "vat": 2}
+    config = validated(config)
+
+    def aux(method):
+        return grid.run_config(config, Run("embedded", "perturbation_ablation", method, 10, 0, 0))["model"]["aux"]
+
+    assert aux("dropout") == {p: (6 if p == "dropout" else 0) for p in PERTURBATIONS}
+    assert aux("vat") == {p: (2 if p == "vat" else 0) for p in PERTURBATIONS}
+    assert aux("feature_noise") == {p: (1 if p == "feature_noise" else 0) for p in PERTURBATIONS}
+    assert aux("all") == dict.fromkeys(PERTURBATIONS, 1)
+    # so the all run is the curve's cct at that label count
+    all_run = Run("embedded", "perturbation_ablation", "all", 10, 0, 0)
+    assert grid.canonical_run(config, all_run) == Run("embedded", "label_fraction", "cct", 10, 0, 0)
+    # a perturbation whose base count is 0 still has its bar when alone_aux gives it decoders
+    config["cct"]["model"]["aux"]["cutout"] = 0
+    config["settings"]["perturbation_ablation"]["alone_aux"]["cutout"] = 6
+    assert aux("cutout") == {p: (6 if p == "cutout" else 0) for p in PERTURBATIONS}
+    assert aux("all")["cutout"] == 0
+
+
+@pytest.mark.parametrize("alone, message", [({"vat": 0}, "0 is less than the minimum of 1"),
+                                            ({"vta": 2}, "'vta' was unexpected")])
+def test_alone_aux_is_checked_by_the_schema(alone, message):
+    config = minimal()
+    config["settings"]["perturbation_ablation"]["alone_aux"] = alone
+    with pytest.raises(Exception, match=re.escape(message)):
+        validated(config)
+
+
 def test_split_config_keeps_only_what_defines_the_images():
     config = minimal()
     config["cct"] = {"data": {"crop_size": 32, "num_workers": 2, "root": "/data"}}
@@ -289,7 +325,7 @@ def test_run_config_is_valid_yaml_for_cct(tmp_path):
 
 def test_train_priority_orders_runs_by_cost(default_config):
     """The train jobs' priority (grid.relative_cost) puts the longest runs first: on the default
-    grid joint CCT > the ablation's all (30 decoders) > CCT + pseudo labels > CCT (7 decoders) > one
+    grid joint CCT > CCT + pseudo labels > CCT (7 decoders, the ablation's all too) > one
     perturbation (6 decoders > 2) > supervised, each in proportion to its iterations; cct's defaults
     count where a config leaves a key out."""
     config = validated(default_config)
@@ -298,7 +334,8 @@ def test_train_priority_orders_runs_by_cost(default_config):
         cost.setdefault(run.method, set()).add(grid.relative_cost(grid.workflow_run_config(config, run)))
     assert all(len(values) == 1 for values in cost.values()), cost  # a method's runs cost the same
     cost = {method: values.pop() for method, values in cost.items()}
-    assert cost["joint_cct"] > cost["all"] > cost["cct_weak"] > cost["cct"] > cost["dropout"] > cost["vat"]
+    assert "all" not in cost  # an alias of cct
+    assert cost["joint_cct"] > cost["cct_weak"] > cost["cct"] > cost["dropout"] > cost["vat"]
     assert cost["vat"] > cost["supervised"]
     assert {cost[p] for p in PERTURBATIONS} == {cost["vat"], cost["dropout"]}
     assert cost["context_masking"] == cost["object_masking"] == cost["vat"]

@@ -152,6 +152,12 @@ def test_ablation_uses_the_voc_protocol(voc_root):
     one = grid.workflow_run_config(config, next(r for r in runs if r.method == "cutout"))
     assert one["model"]["aux"] == dict(vat=0, dropout=0, cutout=6, context_masking=0, object_masking=0,
                                        feature_drop=0, feature_noise=0)
+    # the embedded default's alone_aux (merged under every --configfile) is not the protocol's: all is
+    # the paper's 30 decoders, a trained run of its own
+    assert config["settings"]["perturbation_ablation"]["alone_aux"] is None
+    every = next(r for r in runs if r.method == "all")
+    assert sum(grid.workflow_run_config(config, every)["model"]["aux"].values()) == 30
+    assert grid.canonical_run(config, every) == every
 
 
 def test_weak_dry_run_adds_the_weak_rows_to_the_voc_grid(workdir, voc_root):

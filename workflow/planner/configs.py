@@ -173,6 +173,18 @@ def aux_counts(base: Mapping[str, Any]) -> dict[str, int]:
     return {**PAPER_AUX, **(aux if found and aux else {})}
 
 
+def run_aux(config: Mapping[str, Any], setting: str, method: str, base: Mapping[str, Any]) -> dict[str, int]:
+    """The auxiliary decoder counts a run of ``method`` in ``setting`` is built from: those of its
+    base config (:func:`aux_counts`), and for a perturbation trained alone the setting's
+    ``alone_aux`` count of it where the setting gives one. The embedded ablation gives each kind
+    alone the paper's 2-6 decoders, while its ``all`` run keeps the base counts (one per kind) and
+    so is the curve's CCT."""
+    aux = aux_counts(base)
+    if len(methods.get(method).perturbations) == 1:
+        aux.update(config["settings"][setting].get("alone_aux") or {})
+    return aux
+
+
 def method_overrides(method: str, aux: Mapping[str, int]) -> dict[str, Any]:
     """cct keys a method sets (:func:`cct.methods.overrides`): ``supervised`` trains the main decoder
     on labels only; ``cct``, ``all`` and ``cct_weak`` are semi-supervised with every perturbation (the

@@ -10,17 +10,19 @@ split draws x training seeds. Its cct config is the deep merge, later winning, o
 1. ``cct`` (shared by every run),
 2. ``datasets.<dataset>.cct``,
 3. ``settings.<setting>.cct`` (without its ``model.aux`` for a supervised method: :func:`planner.configs.base_cct`),
-4. the method (``train.mode`` and the auxiliary decoder counts, :func:`cct.methods.overrides`),
+4. the method (``train.mode`` and the auxiliary decoder counts, :func:`cct.methods.overrides`; a
+   perturbation alone at the setting's ``alone_aux`` count of it, :func:`planner.configs.run_aux`),
 5. the grid point (labelled/unlabelled lists, label count, split seed, training seed; the pseudo
    labels of a method that learns from them, :mod:`planner.weak_labels`).
 
 The keys of step 5 and ``train.mode`` belong to the grid: a config that sets them in 1-3 is refused.
 The multi-domain setting's joint runs train one model over several datasets (:mod:`planner.multi_domain`).
 
-Two runs of different settings can resolve to the same cct config (the ablation's ``supervised`` at a
-label count of the curve is the curve's ``supervised``, whatever decoder counts the ablation gives
-its other runs: :func:`planner.configs.base_cct`); the grid trains such a config once, and the other
-run is an alias of it (see :func:`canonical_runs`).
+Two runs of different settings can resolve to the same cct config (at a label count of the curve the
+ablation's ``supervised`` is the curve's ``supervised``, whatever decoder counts the ablation gives
+its other runs, :func:`planner.configs.base_cct`; its ``all`` is the curve's ``cct`` when only its
+perturbations alone get other counts, ``alone_aux``); the grid trains such a config once, and the
+other run is an alias of it (see :func:`canonical_runs`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from planner import multi_domain, prepare, weak_labels
 from planner.configs import (
     GRID_KEYS,
     GridError,
-    aux_counts,
     base_cct,
     dataset_cct,
     datasets_for,
@@ -44,6 +45,7 @@ from planner.configs import (
     get_key,
     label_counts_for,
     method_overrides,
+    run_aux,
     seeds_for,
 )
 from planner.layout import Layout, Run
@@ -119,7 +121,8 @@ def run_config(config: Mapping[str, Any], run: Run, labeled_list: str | None = N
     if labeled_list is not None:
         point["data"].update(labeled_list=str(labeled_list), unlabeled_list=str(unlabeled_list))
     point.update(weak_labels.run_keys(config, run))
-    return deep_merge(base, method_overrides(run.method, aux_counts(base)), point)
+    aux = run_aux(config, run.setting, run.method, base)
+    return deep_merge(base, method_overrides(run.method, aux), point)
 
 
 def workflow_run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 from workflow_helpers import ROOT
 
@@ -240,7 +241,7 @@ def test_alone_aux_sets_a_perturbation_alone_and_nothing_else():
 def test_alone_aux_is_checked_by_the_schema(alone, message):
     config = minimal()
     config["settings"]["perturbation_ablation"]["alone_aux"] = alone
-    with pytest.raises(Exception, match=re.escape(message)):
+    with pytest.raises(WorkflowError, match=re.escape(message)):
         validated(config)
 
 

@@ -18,6 +18,7 @@ from snakemake.utils import validate
 from workflow_helpers import ROOT, TEST_CONFIGS, load_test_config
 
 from analysis import plots
+from cct.model.perturbations import PERTURBATIONS
 from planner import grid, vocabulary
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -117,6 +118,9 @@ def test_the_schema_names_the_vocabularys_settings_and_methods():
             assert "label_count" in block and "label_counts" not in block, name
         else:
             assert "label_counts" in block and "label_count" not in block, name
+    # the schema cannot read the perturbation registry: alone_aux spells its names, kept in step here
+    alone = schema["perturbation_ablation"]["properties"]["alone_aux"]["properties"]
+    assert list(alone) == list(PERTURBATIONS)
 
 
 @pytest.mark.parametrize("caption", ["plot.rst", "table.rst"])

@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -137,14 +138,27 @@ def _released(tensor: torch.Tensor, timeout_s: float = 5.0) -> torch.Tensor:
     tensor's Python object itself and must take the GIL to do so; when that happens while the
     process exits (a rank whose last act is a collective), Python ends the thread in the middle of a
     C++ destructor and the process aborts ("terminate called without an active exception", exit
-    code -6). Keeping the tensor until the worker has let go means the last reference is dropped
-    here, on the calling thread. ``Tensor._use_count`` is torch's private count of references to
+    code -6). ``destroy_process_group`` does not prevent it: it joins the workers only once nothing
+    holds the group, and DistributedDataParallel does until the interpreter ends. Keeping the
+    tensor until the worker has let go means the last reference is dropped here, on the calling
+    thread. ``Tensor._use_count`` is torch's private count of references to
     the tensor; without it (another torch) there is nothing to wait for."""
+    global _wait_for_release
     count = getattr(tensor, "_use_count", None)
+    if count is None or not _wait_for_release:
+        return tensor
     deadline = time.monotonic() + timeout_s
-    while count is not None and count() > 1 and time.monotonic() < deadline:
+    while count() > 1:
+        if time.monotonic() > deadline:  # a torch whose count means something else: stop waiting
+            _wait_for_release = False
+            warnings.warn(f"gloo still holds an all-reduced tensor after {timeout_s} s; no longer waiting for it",
+                          RuntimeWarning, stacklevel=2)
+            break
         time.sleep(1e-4)
     return tensor
+
+
+_wait_for_release = True
 
 
 def broadcast_object(obj, ctx: Context, src: int = 0):

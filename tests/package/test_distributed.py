@@ -125,6 +125,18 @@ def test_two_gloo_ranks_step_like_one_process_on_the_combined_batch():
     assert moved > 5  # the step changed the weights (the comparison is not vacuous)
 
 
+def test_release_wait_gives_up_once_and_for_all_on_a_tensor_held_elsewhere(monkeypatch):
+    monkeypatch.setattr(distributed, "_wait_for_release", True)
+    t = torch.ones(1, requires_grad=True)
+    y = t * t  # the autograd graph holds t: its count stays above one
+    assert t._use_count() > 1
+    with pytest.warns(RuntimeWarning, match="no longer waiting"):
+        assert distributed._released(t, timeout_s=0.05) is t
+    assert distributed._wait_for_release is False  # later calls return at once, every iteration
+    assert distributed._released(t, timeout_s=0.05) is t
+    del y
+
+
 def test_shard_splits_the_single_process_batch_into_contiguous_equal_parts():
     sampler = IterationBatchSampler(list(range(100, 137)), 6, seed=3, stream="labeled", start=5, stop=9)
     full = list(sampler)

@@ -36,24 +36,25 @@ def test_default_config_dry_run_lists_every_job(workdir, default_config):
     # the curve, the ablation (its perturbations alone: their own runs, the paper's decoder counts,
     # settings.perturbation_ablation.alone_aux; its supervised and all are the curve's supervised and
     # cct: aliases), the weak-label setting (supervised and cct are the curve's: aliases) and the
-    # multi-domain setting (each alone method on both domains, domain a's being the curve's, and the
-    # joint runs)
+    # multi-domain setting (each alone method on both domains and the joint runs, at a label count
+    # of its own, 10, which the curve does not have: domain a's alone runs are trained, not aliases)
+    multi_labels = default_config["settings"]["multi_domain"]["label_counts"]
+    assert multi_labels == [10] and 10 not in default_config["datasets"]["embedded"]["label_counts"]
     n_curve, n_ablation, n_weak = n_counts * 2 * n_seeds, 9 * n_seeds, 3 * n_seeds
     n_multi = (2 * len(alone) + len(multi) - len(alone)) * n_seeds
-    n_aliases = (2 + 2 + len(alone)) * n_seeds
-    assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 48
-    assert counts["alias"] == n_aliases == 15
+    n_aliases = (2 + 2) * n_seeds
+    assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 51
+    assert counts["alias"] == n_aliases == 12
     assert counts["run_config"] == counts["train"]
-    # the curve's counts of domain a (the others' are among them), domain b at the smallest
-    assert counts["splits"] == n_counts + 1
+    # the curve's counts of domain a (the others' are among them), both domains at the multi-domain count
+    assert counts["splits"] == n_counts + 2
     smallest = min(default_config["datasets"]["embedded"]["label_counts"])
     aliases = re.findall(r"rule alias:\n.*?wildcards: alias=([^\n]*)", proc.stdout, re.S)
     assert sorted(aliases) == sorted(
         [f"embedded/weak_labels/{m}/{smallest}/split0/seed{s}" for m in ("supervised", "cct")
            for s in default_config["seeds"]]
         + [f"embedded/perturbation_ablation/{m}/{ablation_count}/split0/seed{s}"
-           for m in ("supervised", "all") for s in default_config["seeds"]]
-        + [f"embedded/multi_domain/{m}/{smallest}/split0/seed{s}" for m in alone for s in default_config["seeds"]])
+           for m in ("supervised", "all") for s in default_config["seeds"]])
     # the pretrained encoder is trained once, before the trainings that read it
     assert counts["pretrain"] == 1 and counts["embedded_data"] == 3
     trained = re.findall(r"rule train:\n.*?wildcards: ([^\n]*)", proc.stdout, re.S)
@@ -80,10 +81,11 @@ def test_full_config_dry_run(tmp_path, default_config):
     assert full["settings"]["multi_domain"]["methods"] == ["supervised", "cct", "joint_supervised", "joint_cct"]
     n_runs = n_points * (n_counts * 2 + 9 + 3 + 6)
     assert n_runs == 144
-    # the weak setting's and domain a's supervised/cct and the ablation's supervised and all are
-    # aliases (the ablation's perturbations alone have their own decoder counts)
-    assert counts["train"] == n_runs - 6 * n_points == 108
-    assert counts["alias"] == 6 * n_points
+    # the weak setting's supervised/cct and the ablation's supervised and all are aliases (the
+    # ablation's perturbations alone have their own decoder counts; domain a alone in the
+    # multi-domain setting has its 10 labels)
+    assert counts["train"] == n_runs - 4 * n_points == 120
+    assert counts["alias"] == 4 * n_points
     assert f"{full['results']}/tables/runs.csv" in proc.stdout
     assert f"{full['results']}/tables/multi_domain.csv" in proc.stdout
 

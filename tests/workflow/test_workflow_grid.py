@@ -64,21 +64,21 @@ def test_default_config_grid(default_config):
 
 
 def test_default_config_trains_each_config_once(default_config):
-    """63 runs, 48 trainings: the weak setting's supervised and cct runs, the multi-domain
-    setting's domain-a cct run alone and the ablation's supervised and all runs have the curve's
-    supervised and cct configs (split lists included) and become aliases of them; the ablation's
+    """63 runs, 51 trainings: the weak setting's supervised and cct runs and the ablation's
+    supervised and all runs have the curve's supervised and cct configs (split lists included) and
+    become aliases of them (the multi-domain setting's runs alone have 10 labels, which the curve
+    does not); the ablation's
     perturbations alone have the paper's decoder count of their kind
     (settings.perturbation_ablation.alone_aux) and are trained."""
     config = validated(default_config)
     runs = grid.check_config(config)
     canonical = grid.canonical_runs(config, runs)
     assert list(canonical) == runs and len(runs) == 63
-    assert len({c for c in canonical.values()}) == 48
+    assert len({c for c in canonical.values()}) == 51
     labels = config["settings"]["perturbation_ablation"]["label_count"]
     expected = {
         Run("embedded", setting, method, labels, 0, seed): Run("embedded", "label_fraction", curve, labels, 0, seed)
         for setting, pairs in (("weak_labels", (("supervised", "supervised"), ("cct", "cct"))),
-                               ("multi_domain", (("cct", "cct"),)),
                                ("perturbation_ablation", (("supervised", "supervised"), ("all", "cct"))))
         for method, curve in pairs for seed in config["seeds"]
     }
@@ -350,14 +350,19 @@ def test_train_priority_orders_runs_by_cost(default_config):
 
 def test_default_joint_run_steps_its_backbone_like_a_single_domain_run(default_config):
     """The default grid sets ``optim.joint_backbone: mean`` for every run: it changes the joint runs
-    only (their backbone's rate over 2 domains), so domain a's CCT run alone stays the curve's."""
+    only (their backbone's rate over 2 domains): domain a's CCT run alone at the setting's 10 labels
+    has the curve's config but for its label count and split lists."""
     cct_config = pytest.importorskip("cct.config")
     train = pytest.importorskip("cct.train")
     config = validated(default_config)
-    joint = grid.workflow_run_config(config, Run("embedded_ab", "multi_domain", "joint_cct", 20, 0, 0))
-    alone = Run("embedded", "multi_domain", "cct", 20, 0, 0)
+    joint = grid.workflow_run_config(config, Run("embedded_ab", "multi_domain", "joint_cct", 10, 0, 0))
+    alone = Run("embedded", "multi_domain", "cct", 10, 0, 0)
     assert joint["optim"]["joint_backbone"] == "mean"
-    assert grid.canonical_run(config, alone) == Run("embedded", "label_fraction", "cct", 20, 0, 0)
+    assert grid.canonical_run(config, alone) == alone  # trained: the curve has no 10-label run
+    curve = grid.workflow_run_config(config, Run("embedded", "label_fraction", "cct", 20, 0, 0))
+    mine = grid.workflow_run_config(config, alone)
+    assert mine["data"]["n_labeled"] == 10 and mine["data"]["labeled_list"] == "results/splits/embedded/10/split0/labeled.txt"
+    assert {k: v for k, v in mine.items() if k != "data"} == {k: v for k, v in curve.items() if k != "data"}
     joint_cfg = cct_config.from_dict(joint)
     alone_cfg = cct_config.from_dict(grid.workflow_run_config(config, alone))
     domains = 1 + len(joint_cfg.extra_domains)

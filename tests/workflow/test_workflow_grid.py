@@ -361,7 +361,8 @@ def test_default_joint_run_steps_its_backbone_like_a_single_domain_run(default_c
     assert grid.canonical_run(config, alone) == alone  # trained: the curve has no 10-label run
     curve = grid.workflow_run_config(config, Run("embedded", "label_fraction", "cct", 20, 0, 0))
     mine = grid.workflow_run_config(config, alone)
-    assert mine["data"]["n_labeled"] == 10 and mine["data"]["labeled_list"] == "results/splits/embedded/10/split0/labeled.txt"
+    assert mine["data"]["n_labeled"] == 10
+    assert mine["data"]["labeled_list"] == "results/splits/embedded/10/split0/labeled.txt"
     assert {k: v for k, v in mine.items() if k != "data"} == {k: v for k, v in curve.items() if k != "data"}
     joint_cfg = cct_config.from_dict(joint)
     alone_cfg = cct_config.from_dict(grid.workflow_run_config(config, alone))

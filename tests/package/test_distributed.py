@@ -71,10 +71,14 @@ def _rank(rank: int, world: int, port: int, queue) -> None:
             t = torch.ones(1)
             dist.all_reduce(t)
             held.append((t._use_count() - 1, distributed._released(t)._use_count() - 1))
+        for _ in range(300):  # a training's per-iteration collective: kept, not waited for
+            distributed.any_rank(False, ctx)
+        kept = len(distributed._collective_tensors)
+        distributed.cleanup(ctx)  # waits for them; the finally's call is then a no-op
         if ctx.is_main:
             state = {k: v.numpy() for k, v in state.items()}  # by value: this process exits
             queue.put({"state": state, "bn": n_bn, "sync": n_sync, "stop": stop, "ctx": (ctx.rank, ctx.world_size),
-                       "held": held})
+                       "held": held, "kept": kept, "kept_after_cleanup": len(distributed._collective_tensors)})
     finally:
         distributed.cleanup(ctx)
 
@@ -115,6 +119,8 @@ def test_two_gloo_ranks_step_like_one_process_on_the_combined_batch():
     # after _released only the caller does, so the worker never frees a Python object at exit
     at_return = sum(before > 0 for before, _ in result["held"])
     assert [after for _, after in result["held"]] == [0] * 300, f"held at the return in {at_return} of 300"
+    # any_rank keeps its tensors (those gloo let go of are dropped as it goes); cleanup empties the list
+    assert 1 <= result["kept"] <= 64 and result["kept_after_cleanup"] == 0
 
     ddp = {k: torch.from_numpy(v) for k, v in result["state"].items()}
     assert ddp.keys() == single.keys()  # checkpoints interchangeable

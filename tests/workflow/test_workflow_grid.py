@@ -67,8 +67,7 @@ def test_default_config_trains_each_config_once(default_config):
     """63 runs, 51 trainings: the weak setting's supervised and cct runs and the ablation's
     supervised and all runs have the curve's supervised and cct configs (split lists included) and
     become aliases of them (the multi-domain setting's runs alone have 10 labels, which the curve
-    does not); the ablation's
-    perturbations alone have the paper's decoder count of their kind
+    does not); the ablation's perturbations alone have the paper's decoder count of their kind
     (settings.perturbation_ablation.alone_aux) and are trained."""
     config = validated(default_config)
     runs = grid.check_config(config)

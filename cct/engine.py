@@ -92,6 +92,11 @@ def _deterministic(compiled: bool) -> None:
         torch.use_deterministic_algorithms(True)
     else:
         eager_only(True, warn_only=False)
+    # Deterministic mode also fills every new tensor's memory with NaN so that a kernel reading
+    # memory it never wrote shows up. No kernel of a training reads any (the weights of a run come
+    # out bit for bit the same without the fill), and the fill is about 350 writes per embedded
+    # step: 1.1 of 16.8 ms of a supervised step, 1.3 of 45 of a CCT one (one thread, the Xeon).
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def iteration_seed(seed: int, iteration: int) -> int:

@@ -23,8 +23,10 @@ def _seed_and_restore_torch_flags():
     switches on deterministic algorithms) does not leak that switch into later tests."""
     torch.manual_seed(0)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     yield
     torch.use_deterministic_algorithms(deterministic)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
     torch.set_num_threads(1)
 
 

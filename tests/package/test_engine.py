@@ -16,6 +16,7 @@ def test_setup_on_the_cpu_is_deterministic_without_importing_the_compiler():
     code = ("import sys, torch; from cct import engine; engine.setup('cpu', 1); "
             "assert torch.are_deterministic_algorithms_enabled(); "
             "assert not torch.is_deterministic_algorithms_warn_only_enabled(); "
+            "assert not torch.utils.deterministic.fill_uninitialized_memory, 'NaN fill of new tensors left on'; "
             "assert 'torch._inductor.config' not in sys.modules, 'imported torch._inductor (seconds per run)'; "
             "assert 'torchvision' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -2,12 +2,18 @@
 Snakemake writes (``{results}/benchmarks/train/<run>.tsv``), per dataset, setting and method, with a
 total per setting and for the whole grid.
 
-Wall time is the job's (data loading, training, periodic and final evaluation); ``cpu_time`` is the
-CPU seconds of the job's processes; ``max_rss`` the peak resident memory (MB). A benchmark file
-records the last attempt of a job only: a training that was interrupted and resumed also counts
-its earlier attempts, from the run's ``metrics.json`` (``attempts``: each attempt's training time
-up to its last saved state; ``--metrics``), so the wall time is what the run cost in all. CPU time
-and memory are the last attempt's.
+Wall time is the job's (start-up, data loading, training, periodic and final evaluation);
+``max_rss`` the peak resident memory (MB). A benchmark file records the last attempt of a job only:
+a training that was interrupted and resumed also counts its earlier attempts, from the run's
+``metrics.json`` (``attempts``: each attempt's training time up to its last saved state;
+``--metrics``), so the wall time is what the run cost in all. Memory is the last attempt's.
+
+CPU time is the run's own count where its ``metrics.json`` has one (``cpu_time_s``: user + system
+seconds of the training process from its start, every attempt included), else the benchmark file's
+``cpu_time``. The latter is a sample: Snakemake reads a job's CPU time every 0.5 s for the first 15
+s and every 30 s after, so a job of 30 s reports about half of its CPU time (14.9 of a 30 s
+single-thread training in the default grid's run of 476dea0). ``Cores`` is CPU over wall time: the
+share of a core a job got (1 for a single-thread job that never waits).
 
     python -m analysis.runtime --threads 1 --csv runtime.csv --md runtime.md BENCHMARK.tsv ... \
         [--metrics METRICS.json ...]
@@ -27,22 +33,27 @@ from planner.layout import Run
 from planner.vocabulary import METHOD_NAMES, METHOD_ORDER
 
 COLUMNS = ["dataset", "setting", "method", "jobs", "attempts", "wall_s_mean", "wall_s_max", "wall_s_total",
-           "cpu_s_total", "max_rss_mb", "threads"]
+           "cpu_s_total", "cores", "cpu_source", "max_rss_mb", "threads"]
 
 
-def earlier_attempts(metrics_paths: Iterable[str | Path]) -> dict[Run, tuple[int, float]]:
-    """Run -> (its number of attempts, the wall seconds of all but the last) from ``metrics.json``
-    files (a run without ``attempts``: one attempt)."""
+def earlier_attempts(metrics_paths: Iterable[str | Path]) -> dict[Run, tuple[int, float, float]]:
+    """Run -> (its number of attempts, the wall seconds of all but the last, its CPU seconds or NaN)
+    from ``metrics.json`` files (a run without ``attempts``: one attempt; without ``cpu_time_s``,
+    written before runs counted it: NaN)."""
     out = {}
     for path in metrics_paths:
-        attempts = json.loads(Path(path).read_text()).get("attempts") or [{}]
-        out[Run.from_path(path)] = (len(attempts), float(sum(a.get("wall_s", 0.0) for a in attempts[:-1])))
+        metrics = json.loads(Path(path).read_text())
+        attempts = metrics.get("attempts") or [{}]
+        cpu = metrics.get("cpu_time_s")
+        out[Run.from_path(path)] = (len(attempts), float(sum(a.get("wall_s", 0.0) for a in attempts[:-1])),
+                                    math.nan if cpu is None else float(cpu))
     return out
 
 
 def read_benchmarks(paths: Iterable[str | Path], metrics: Iterable[str | Path] = ()) -> pd.DataFrame:
     """One row per benchmark file (repeats averaged): the run's coordinates, s, cpu_time, max_rss,
-    attempts; ``s`` plus the earlier attempts of the run (``metrics``: its metrics.json)."""
+    attempts, cpu_source; ``s`` plus the earlier attempts of the run and ``cpu_time`` the run's own
+    count where its metrics.json (``metrics``) has one (``cpu_source`` "run", else "benchmark")."""
     earlier = earlier_attempts(metrics)
     rows = []
     for path in paths:
@@ -52,8 +63,11 @@ def read_benchmarks(paths: Iterable[str | Path], metrics: Iterable[str | Path] =
         for column in ("s", "cpu_time", "max_rss"):
             values = pd.to_numeric(frame[column], errors="coerce") if column in frame else pd.Series(dtype=float)
             row[column] = float(values.mean()) if values.notna().any() else math.nan
-        n, before = earlier.get(run, (1, 0.0))
+        n, before, cpu = earlier.get(run, (1, 0.0, math.nan))
         row["attempts"], row["s"] = n, row["s"] + before
+        row["cpu_source"] = "benchmark" if math.isnan(cpu) else "run"
+        if not math.isnan(cpu):
+            row["cpu_time"] = cpu
         rows.append(row)
     if not rows:
         raise ValueError("no benchmark file given")
@@ -64,12 +78,14 @@ def summarize(bench: pd.DataFrame, threads: int | None = None) -> pd.DataFrame:
     """Per (dataset, setting, method) rows, then a ``total`` row per setting and one for the grid."""
 
     def agg(frame: pd.DataFrame, dataset: str, setting: str, method: str) -> dict:
+        cpu = frame["cpu_time"].sum(min_count=1)
+        sources = sorted(set(frame["cpu_source"])) if "cpu_source" in frame else ["benchmark"]
         return {
             "dataset": dataset, "setting": setting, "method": method, "jobs": len(frame),
             "attempts": int(frame["attempts"].sum()) if "attempts" in frame else len(frame),
             "wall_s_mean": frame["s"].mean(), "wall_s_max": frame["s"].max(), "wall_s_total": frame["s"].sum(),
-            "cpu_s_total": frame["cpu_time"].sum(min_count=1), "max_rss_mb": frame["max_rss"].max(),
-            "threads": threads,
+            "cpu_s_total": cpu, "cores": cpu / frame["s"].sum() if frame["s"].sum() > 0 else math.nan,
+            "cpu_source": "+".join(sources), "max_rss_mb": frame["max_rss"].max(), "threads": threads,
         }
 
     order = {m: k for k, m in enumerate(METHOD_ORDER)}
@@ -93,6 +109,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "Wall s (max)": summary["wall_s_max"].map(lambda v: f"{v:.1f}"),
         "Wall s (sum)": summary["wall_s_total"].map(lambda v: f"{v:.0f}"),
         "CPU s (sum)": summary["cpu_s_total"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
+        "Cores": summary["cores"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
         "Peak RSS MB": summary["max_rss_mb"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
     })
     threads = summary["threads"].dropna().unique()
@@ -100,10 +117,21 @@ def to_markdown(summary: pd.DataFrame) -> str:
     caption = (
         "Table: Cost of the training jobs of the grid, from Snakemake's benchmark files" + note + ". "
         "Wall s (sum) is the sequential cost; parallel jobs finish sooner. A resumed training counts "
-        "every attempt (Attempts > Jobs): its earlier attempts' time comes from its metrics.json. Peak "
-        "RSS is the largest resident memory of one job."
+        "every attempt (Attempts > Jobs): its earlier attempts' time comes from its metrics.json. "
+        + _cpu_note(summary)
+        + " Cores is CPU over wall time, the share of a core the jobs got. Peak RSS is the largest "
+        "resident memory of one job."
     )
     return f"{caption}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
+
+
+def _cpu_note(summary: pd.DataFrame) -> str:
+    sources = set("+".join(summary["cpu_source"]).split("+"))
+    if sources == {"run"}:
+        return "CPU s is each training process's own count (user + system, from its metrics.json)."
+    note = ("CPU s is Snakemake's sample (every 30 s after a job's first 15 s), which misses up to the "
+            "last 30 s of a job")
+    return note + (", where a run's metrics.json has no count of its own." if "run" in sources else ".")
 
 
 def main(argv: list[str] | None = None) -> int:

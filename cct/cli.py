@@ -96,8 +96,11 @@ def _check_run_paths(args: argparse.Namespace, config, outputs: tuple[str, ...])
 def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)  # before importing torch: a bad config fails in a blink
     resume = _check_run_paths(args, config, ("config.yaml", "checkpoint.pt", "metrics.json"))
-    from cct.engine import Interrupted
+    from cct.engine import Interrupted, own_process
     from cct.train import train
+
+    if getattr(args, "own_process", False):  # the run's CPU time then counts the start-up, as a job's wall time
+        own_process()
 
     try:
         metrics = train(config, args.out, resume, stale=args.stale_resume, watch_pid=args.stop_with)
@@ -264,8 +267,11 @@ def cmd_embedded(args: argparse.Namespace) -> int:
 def cmd_cam_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides, kind=CamRunConfig)
     resume = _check_run_paths(args, config, ("config.yaml", "checkpoint.pt", "metrics.json"))
-    from cct.engine import Interrupted
+    from cct.engine import Interrupted, own_process
     from cct.weak.cam import train_cam
+
+    if getattr(args, "own_process", False):  # the run's CPU time then counts the start-up, as a job's wall time
+        own_process()
 
     try:
         metrics = train_cam(config, args.out, resume, stale=args.stale_resume, watch_pid=args.stop_with)
@@ -407,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    args.own_process = argv is None  # this process's command line, not an in-process call
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )

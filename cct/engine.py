@@ -186,6 +186,18 @@ class Interrupted(RuntimeError):
     """Training stopped by a signal after saving its resume state."""
 
 
+_cpu_origin: float | None = None
+"""Process CPU time that run CPU counts start from (:meth:`ResumeState.cpu_time`): 0 once
+:func:`own_process` is called, else (an in-process call of ``train``) each state's creation."""
+
+
+def own_process() -> None:
+    """Declare that this process runs one command (``cct ...`` from a shell): a run's CPU time then
+    counts from the process's start, its imports included, as a job's wall time does."""
+    global _cpu_origin
+    _cpu_origin = 0.0
+
+
 class ResumeState:
     """The training state of a run in ``directory/state.pt``: model and optimizer state, the
     iteration reached, the evaluation history, the attempts so far (their wall time), the run's
@@ -216,6 +228,7 @@ class ResumeState:
         self.execution = dict(execution or {})
         self.lock_wait_s = lock_wait_s
         self._t0 = time.perf_counter()
+        self._cpu0 = time.process_time() if _cpu_origin is None else _cpu_origin
         self._attempts: list[dict] = []
         self._start = 0
         self._lock = None
@@ -375,9 +388,20 @@ class ResumeState:
         """Seconds of training so far, every attempt of a resumed training included."""
         return sum(a["wall_s"] for a in self._attempts) + time.perf_counter() - self._t0
 
+    def cpu_time(self) -> float | None:
+        """CPU seconds (user + system, every thread) of this run's processes so far: this process's
+        since it started (:func:`own_process`; else since this state was created; rank 0's under
+        torchrun), plus the earlier attempts'; None when an earlier attempt did not record its own
+        (a state written before they were)."""
+        if any("cpu_s" not in a for a in self._attempts):
+            return None
+        return sum(a["cpu_s"] for a in self._attempts) + time.process_time() - self._cpu0
+
     def attempts(self, iteration: int) -> list[dict]:
-        """The attempts so far, this one (up to ``iteration``) last."""
-        this = {"start_iteration": self._start, "iteration": iteration, "wall_s": time.perf_counter() - self._t0}
+        """The attempts so far, this one (up to ``iteration``) last: the iterations it trained, its
+        wall seconds of training and its process's CPU seconds (:meth:`cpu_time`)."""
+        this = {"start_iteration": self._start, "iteration": iteration, "wall_s": time.perf_counter() - self._t0,
+                "cpu_s": time.process_time() - self._cpu0}
         return [*self._attempts, this]
 
     # -- saving ---------------------------------------------------------------------------------

@@ -236,6 +236,7 @@ def train(config: RunConfig, out_dir: str | Path, resume_dir: str | Path | None 
         metrics = _metrics(config, domains, results, history, total)
         metrics.update(
             wall_time_s=resume.wall_time(),
+            cpu_time_s=resume.cpu_time(),
             attempts=resume.attempts(total),
             device=str(device),
             world_size=ctx.world_size,

@@ -190,6 +190,7 @@ def train_cam(config: CamRunConfig, out_dir: str | Path, resume_dir: str | Path 
             "n_images": len(source),
             "class_names": list(source.class_names),
             "wall_time_s": resume.wall_time(),
+            "cpu_time_s": resume.cpu_time(),
             "attempts": resume.attempts(tc.iterations),
             "device": str(device),
             "config": config_dict,

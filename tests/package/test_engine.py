@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -56,6 +57,27 @@ def test_loss_log_reads_means_at_its_interval_and_stops_a_diverged_run():
     log.add({"loss": torch.tensor(float("nan"))}, 1)
     with pytest.raises(FloatingPointError, match=r"before iteration 2; lower optim\.lr"):
         log.add({"loss": torch.tensor(1.0)}, 2)
+
+
+def test_run_cpu_time_counts_from_the_process_start_only_when_the_process_is_the_runs(tmp_path, monkeypatch):
+    """``cct train`` from a shell counts its imports too (its job's wall time does); an in-process
+    ``train`` call counts from its own start, not the caller's CPU before it."""
+    def burn() -> None:
+        t = time.process_time()
+        while time.process_time() - t < 0.05:
+            pass
+
+    burn()
+    monkeypatch.setattr(engine, "_cpu_origin", None)
+    inside = engine.ResumeState(tmp_path / "a", {})
+    burn()
+    counted = inside.cpu_time()
+    assert 0.05 <= counted < time.process_time() - 0.04
+    monkeypatch.setattr(engine, "_cpu_origin", None)
+    engine.own_process()
+    owned = engine.ResumeState(tmp_path / "b", {})
+    assert owned.cpu_time() == pytest.approx(time.process_time(), abs=0.01)
+    assert owned.attempts(3)[-1]["cpu_s"] == pytest.approx(time.process_time(), abs=0.01)
 
 
 def test_resume_state_restores_a_run_of_the_same_config_only(tmp_path):

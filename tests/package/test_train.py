@@ -113,6 +113,10 @@ def test_resume_after_sigterm_gives_the_metrics_of_an_uninterrupted_run(semi_ref
     assert f"at iteration {state['iteration']}" in rerun.stderr and "resuming from" in rerun.stderr
     resumed = read_metrics(out)
     assert numbers(resumed) == numbers(ref)
+    # the CPU time of both processes, each from its start (the command line owns its process)
+    cpu = [a["cpu_s"] for a in resumed["attempts"]]
+    assert len(cpu) == 2 and all(c > 0 for c in cpu)
+    assert resumed["cpu_time_s"] == pytest.approx(sum(cpu), abs=0.01)
     assert_same_weights(weights(out), weights(ref_dir))
     assert torch.load(state_path, weights_only=True)["iteration"] == 48
 
@@ -134,6 +138,8 @@ def test_metrics_json_holds_scores_config_seed_versions_and_wall_time(semi_refer
     assert m["versions"]["torch"] == torch.__version__
     assert {"cct", "torchvision", "numpy", "python"} <= m["versions"].keys()
     assert isinstance(m["wall_time_s"], float) and m["wall_time_s"] > 0
+    assert isinstance(m["cpu_time_s"], float) and m["cpu_time_s"] > 0
+    assert m["cpu_time_s"] == pytest.approx(m["attempts"][-1]["cpu_s"], abs=0.01)  # two reads of the clock
     assert m["n_labeled"] == 20 and m["n_unlabeled"] == 980
     assert m["class_names"] == list(embedded.class_names("a"))
     assert [h["iteration"] for h in m["history"]] == [24, 48]

@@ -195,6 +195,36 @@ def test_runtime_from_benchmarks(tmp_path):
     assert "1 thread(s) per job" in md and "**total**" in md
 
 
+def test_runtime_takes_cpu_time_from_the_runs_own_count(tmp_path):
+    """Snakemake samples a job's CPU time (every 30 s after its first 15 s): a 30 s single-thread
+    job reads about 15 s. A run's metrics.json count (``cpu_time_s``) replaces the sample; a run
+    without one keeps it, and the caption says which the table holds."""
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    counted = Run("toy", "label_fraction", "cct", 10, 0, 0)
+    sampled = Run("toy", "label_fraction", "cct", 10, 0, 1)
+    benchmarks, metrics = [], []
+    for run in (counted, sampled):
+        bench = tmp_path / "benchmarks" / "train" / f"{run.path}.tsv"
+        bench.parent.mkdir(parents=True, exist_ok=True)
+        bench.write_text(header + "30.0\t0:00:30\t800\t1\t1\t1\t0\t0\t50\t14.9\n")
+        m = tmp_path / "runs" / run.path / "metrics.json"
+        m.parent.mkdir(parents=True, exist_ok=True)
+        m.write_text(json.dumps({"attempts": [{"wall_s": 27.0}], **({"cpu_time_s": 29.4} if run is counted else {})}))
+        benchmarks.append(bench)
+        metrics.append(m)
+    rows = runtime.read_benchmarks(benchmarks, metrics).set_index("seed")
+    assert rows.loc[0, "cpu_time"] == 29.4 and rows.loc[0, "cpu_source"] == "run"
+    assert rows.loc[1, "cpu_time"] == 14.9 and rows.loc[1, "cpu_source"] == "benchmark"
+    summary = runtime.summarize(rows.reset_index(), threads=1)
+    grand = summary.iloc[-1]
+    assert grand["cpu_s_total"] == pytest.approx(44.3) and grand["cores"] == pytest.approx(44.3 / 60.0)
+    assert grand["cpu_source"] == "benchmark+run"
+    assert "no count of its own" in runtime.to_markdown(summary)
+    only_run = runtime.summarize(rows.reset_index().iloc[:1], threads=1)
+    assert only_run.iloc[-1]["cores"] == pytest.approx(29.4 / 30.0)
+    assert "each training process's own count" in runtime.to_markdown(only_run)
+
+
 def test_plots_are_written(grid_files, tmp_path):
     runs, history = collect.collect(grid_files)
     for kind, draw in plots.PLOTS.items():

@@ -78,6 +78,11 @@ def test_run_cpu_time_counts_from_the_process_start_only_when_the_process_is_the
     owned = engine.ResumeState(tmp_path / "b", {})
     assert owned.cpu_time() == pytest.approx(time.process_time(), abs=0.01)
     assert owned.attempts(3)[-1]["cpu_s"] == pytest.approx(time.process_time(), abs=0.01)
+    # a run resumed from a state written before attempts counted their CPU has no count of its own
+    owned._attempts = [{"start_iteration": 0, "iteration": 2, "wall_s": 1.0}]
+    assert owned.cpu_time() is None
+    owned._attempts = [{"start_iteration": 0, "iteration": 2, "wall_s": 1.0, "cpu_s": 5.0}]
+    assert owned.cpu_time() == pytest.approx(5.0 + time.process_time(), abs=0.01)
 
 
 def test_resume_state_restores_a_run_of_the_same_config_only(tmp_path):

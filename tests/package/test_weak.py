@@ -275,6 +275,9 @@ def test_cam_commands_end_to_end(tmp_path):
         and metrics["iterations"] == 20
         and metrics["config"]["train"]["seed"] == 0
     )
+    # its own CPU count, from the process's start (the runtime table's source)
+    cpu = metrics["cpu_time_s"]
+    assert cpu > 0 and cpu == pytest.approx(metrics["attempts"][-1]["cpu_s"], abs=0.01)
     proc = run_cct(
         "cam",
         "infer",

@@ -36,7 +36,7 @@ COLUMNS = ["dataset", "setting", "method", "jobs", "attempts", "wall_s_mean", "w
            "cpu_s_total", "cores", "cpu_source", "max_rss_mb", "threads"]
 
 
-def earlier_attempts(metrics_paths: Iterable[str | Path]) -> dict[Run, tuple[int, float, float]]:
+def from_metrics(metrics_paths: Iterable[str | Path]) -> dict[Run, tuple[int, float, float]]:
     """Run -> (its number of attempts, the wall seconds of all but the last, its CPU seconds or NaN)
     from ``metrics.json`` files (a run without ``attempts``: one attempt; without ``cpu_time_s``,
     written before runs counted it: NaN)."""
@@ -54,7 +54,7 @@ def read_benchmarks(paths: Iterable[str | Path], metrics: Iterable[str | Path] =
     """One row per benchmark file (repeats averaged): the run's coordinates, s, cpu_time, max_rss,
     attempts, cpu_source; ``s`` plus the earlier attempts of the run and ``cpu_time`` the run's own
     count where its metrics.json (``metrics``) has one (``cpu_source`` "run", else "benchmark")."""
-    earlier = earlier_attempts(metrics)
+    earlier = from_metrics(metrics)
     rows = []
     for path in paths:
         run = Run.from_path(path)
@@ -65,9 +65,10 @@ def read_benchmarks(paths: Iterable[str | Path], metrics: Iterable[str | Path] =
             row[column] = float(values.mean()) if values.notna().any() else math.nan
         n, before, cpu = earlier.get(run, (1, 0.0, math.nan))
         row["attempts"], row["s"] = n, row["s"] + before
-        row["cpu_source"] = "benchmark" if math.isnan(cpu) else "run"
-        if not math.isnan(cpu):
-            row["cpu_time"] = cpu
+        if math.isnan(cpu):
+            row["cpu_source"] = "benchmark"
+        else:
+            row["cpu_source"], row["cpu_time"] = "run", cpu
         rows.append(row)
     if not rows:
         raise ValueError("no benchmark file given")
@@ -79,13 +80,14 @@ def summarize(bench: pd.DataFrame, threads: int | None = None) -> pd.DataFrame:
 
     def agg(frame: pd.DataFrame, dataset: str, setting: str, method: str) -> dict:
         cpu = frame["cpu_time"].sum(min_count=1)
-        sources = sorted(set(frame["cpu_source"])) if "cpu_source" in frame else ["benchmark"]
+        sources = set(frame["cpu_source"]) if "cpu_source" in frame else {"benchmark"}
         return {
             "dataset": dataset, "setting": setting, "method": method, "jobs": len(frame),
             "attempts": int(frame["attempts"].sum()) if "attempts" in frame else len(frame),
             "wall_s_mean": frame["s"].mean(), "wall_s_max": frame["s"].max(), "wall_s_total": frame["s"].sum(),
             "cpu_s_total": cpu, "cores": cpu / frame["s"].sum() if frame["s"].sum() > 0 else math.nan,
-            "cpu_source": "+".join(sources), "max_rss_mb": frame["max_rss"].max(), "threads": threads,
+            "cpu_source": sources.pop() if len(sources) == 1 else "mixed", "max_rss_mb": frame["max_rss"].max(),
+            "threads": threads,
         }
 
     order = {m: k for k, m in enumerate(METHOD_ORDER)}
@@ -126,12 +128,13 @@ def to_markdown(summary: pd.DataFrame) -> str:
 
 
 def _cpu_note(summary: pd.DataFrame) -> str:
-    sources = set("+".join(summary["cpu_source"]).split("+"))
-    if sources == {"run"}:
+    """Where the table's CPU seconds come from: the last row (the whole grid) names the source of all."""
+    source = summary["cpu_source"].iloc[-1]
+    if source == "run":
         return "CPU s is each training process's own count (user + system, from its metrics.json)."
     note = ("CPU s is Snakemake's sample (every 30 s after a job's first 15 s), which misses up to the "
             "last 30 s of a job")
-    return note + (", where a run's metrics.json has no count of its own." if "run" in sources else ".")
+    return note + (", where a run's metrics.json has no count of its own." if source == "mixed" else ".")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,14 +93,22 @@ def _check_run_paths(args: argparse.Namespace, config, outputs: tuple[str, ...])
     return resume
 
 
+def _count_cpu_from_process_start(args: argparse.Namespace) -> None:
+    """A training started from the command line counts its process's CPU time from the start, its
+    imports included, as its job's wall time does (:func:`cct.engine.own_process`)."""
+    if args.own_process:
+        from cct.engine import own_process
+
+        own_process()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)  # before importing torch: a bad config fails in a blink
     resume = _check_run_paths(args, config, ("config.yaml", "checkpoint.pt", "metrics.json"))
-    from cct.engine import Interrupted, own_process
+    from cct.engine import Interrupted
     from cct.train import train
 
-    if getattr(args, "own_process", False):  # the run's CPU time then counts the start-up, as a job's wall time
-        own_process()
+    _count_cpu_from_process_start(args)
 
     try:
         metrics = train(config, args.out, resume, stale=args.stale_resume, watch_pid=args.stop_with)
@@ -267,11 +275,10 @@ def cmd_embedded(args: argparse.Namespace) -> int:
 def cmd_cam_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides, kind=CamRunConfig)
     resume = _check_run_paths(args, config, ("config.yaml", "checkpoint.pt", "metrics.json"))
-    from cct.engine import Interrupted, own_process
+    from cct.engine import Interrupted
     from cct.weak.cam import train_cam
 
-    if getattr(args, "own_process", False):  # the run's CPU time then counts the start-up, as a job's wall time
-        own_process()
+    _count_cpu_from_process_start(args)
 
     try:
         metrics = train_cam(config, args.out, resume, stale=args.stale_resume, watch_pid=args.stop_with)

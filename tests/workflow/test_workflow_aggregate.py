@@ -218,7 +218,7 @@ def test_runtime_takes_cpu_time_from_the_runs_own_count(tmp_path):
     summary = runtime.summarize(rows.reset_index(), threads=1)
     grand = summary.iloc[-1]
     assert grand["cpu_s_total"] == pytest.approx(44.3) and grand["cores"] == pytest.approx(44.3 / 60.0)
-    assert grand["cpu_source"] == "benchmark+run"
+    assert grand["cpu_source"] == "mixed"
     assert "no count of its own" in runtime.to_markdown(summary)
     only_run = runtime.summarize(rows.reset_index().iloc[:1], threads=1)
     assert only_run.iloc[-1]["cores"] == pytest.approx(29.4 / 30.0)

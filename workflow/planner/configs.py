@@ -177,7 +177,7 @@ def run_aux(config: Mapping[str, Any], setting: str, method: str, base: Mapping[
     """The auxiliary decoder counts a run of ``method`` in ``setting`` is built from: those of its
     base config (:func:`aux_counts`), and for a perturbation trained alone the setting's
     ``alone_aux`` count of it where the setting gives one. The embedded ablation gives each kind
-    alone the paper's 2-6 decoders, while its ``all`` run keeps the base counts (one per kind) and
+    alone six decoders, while its ``all`` run keeps the base counts (one per kind) and
     so is the curve's CCT."""
     aux = aux_counts(base)
     if len(methods.get(method).perturbations) == 1:

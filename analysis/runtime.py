@@ -80,7 +80,7 @@ def summarize(bench: pd.DataFrame, threads: int | None = None) -> pd.DataFrame:
 
     def agg(frame: pd.DataFrame, dataset: str, setting: str, method: str) -> dict:
         cpu = frame["cpu_time"].sum(min_count=1)
-        sources = set(frame["cpu_source"]) if "cpu_source" in frame else {"benchmark"}
+        sources = set(frame["cpu_source"])  # read_benchmarks names every row's
         return {
             "dataset": dataset, "setting": setting, "method": method, "jobs": len(frame),
             "attempts": int(frame["attempts"].sum()) if "attempts" in frame else len(frame),

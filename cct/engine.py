@@ -395,13 +395,16 @@ class ResumeState:
         (a state written before they were)."""
         if any("cpu_s" not in a for a in self._attempts):
             return None
-        return sum(a["cpu_s"] for a in self._attempts) + time.process_time() - self._cpu0
+        return sum(a["cpu_s"] for a in self._attempts) + self._cpu_this_attempt()
+
+    def _cpu_this_attempt(self) -> float:
+        return time.process_time() - self._cpu0
 
     def attempts(self, iteration: int) -> list[dict]:
         """The attempts so far, this one (up to ``iteration``) last: the iterations it trained, its
         wall seconds of training and its process's CPU seconds (:meth:`cpu_time`)."""
         this = {"start_iteration": self._start, "iteration": iteration, "wall_s": time.perf_counter() - self._t0,
-                "cpu_s": time.process_time() - self._cpu0}
+                "cpu_s": self._cpu_this_attempt()}
         return [*self._attempts, this]
 
     # -- saving ---------------------------------------------------------------------------------

@@ -223,8 +223,8 @@ def shard_loader(loader: DataLoader, ctx: Context) -> DataLoader:
     if not ctx.distributed:
         return loader
     sampler = ShardedBatchSampler(loader.batch_sampler, ctx.rank, ctx.world_size)
-    return DataLoader(loader.dataset, batch_sampler=sampler, num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory, persistent_workers=False)
+    return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory, persistent_workers=False)
 
 
 # --- the model ----------------------------------------------------------------------------------

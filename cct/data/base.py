@@ -55,11 +55,10 @@ class Source:
         check_mask(mask, self.num_classes, f"{self.name}: {self.ids[index]}")
         return images[index], mask
 
-    def load_image(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image, an all-255 mask of its size): a sample whose labels are never read (the unlabelled
+    def image(self, index: int) -> np.ndarray:
+        """The image uint8 (H, W, 3) alone: a sample whose labels are never read (the unlabelled
         stream), so its mask file is neither decoded nor checked."""
-        image = read_image(self.files[index][0]) if self.files is not None else self.arrays[0][index]
-        return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.int64)
+        return read_image(self.files[index][0]) if self.files is not None else self.arrays[0][index]
 
     def _file_mask(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
         """The class mask of a file-backed sample whose image is ``image_size`` (w, h), checked."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cct import IGNORE_INDEX
 from cct.data.base import Source
 from cct.data.transforms import to_tensors
 
@@ -23,22 +24,39 @@ _STREAMS = {"labeled": 1, "unlabeled": 2}
 
 
 class AugmentedDataset(Dataset):
-    """Wraps a Source; item (index, aug_seed) -> (image float (3, h, w), mask int64 (h, w)), the
-    augmentation drawn from a generator seeded with aug_seed (the global generator is untouched).
-    Without ``labels`` the masks are all 255 and no mask file is read (an unlabelled stream, whose
-    ground truth is never used: the same draws, so the same images)."""
+    """Wraps a Source; item (index, aug_seed) -> the augmented crop, image uint8 (3, s, s) and mask
+    uint8 (s, s), the augmentation drawn from a generator seeded with aug_seed (the global generator
+    is untouched). Without ``labels`` the mask is None and no mask file is read (an unlabelled
+    stream, whose ground truth is never used: the same draws, so the same images). ``collate``
+    makes the batch the trainer sees."""
 
     def __init__(self, source: Source, transform, labels: bool = True) -> None:
+        if source.num_classes > IGNORE_INDEX:  # the crops' masks are uint8, 255 the ignored label
+            raise ValueError(f"{source.name}: {source.num_classes} classes; at most {IGNORE_INDEX} are supported")
         self.source, self.transform, self.labels = source, transform, labels
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         index, seed = key
-        sample = self.source.load(index) if self.labels else self.source.load_image(index)
-        image, mask = to_tensors(*sample)
-        return self.transform(image, mask, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        if not self.labels:
+            image = torch.from_numpy(np.array(self.source.image(index))).permute(2, 0, 1)
+            return self.transform.geometric(image, None, generator)[0], None
+        image, mask = to_tensors(*self.source.load(index))
+        return self.transform.geometric(image, mask.to(torch.uint8), generator)
+
+    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items -> (images float32 (B, 3, s, s) normalised, masks int64 (B, s, s); all 255 without
+        labels). Normalising the stacked batch gives the same floats as normalising each crop (an
+        element-wise map), in four tensor operations per batch instead of four per image."""
+        images = self.transform.normalize(torch.stack([image for image, _ in items]))
+        if items[0][1] is None:
+            masks = torch.full((len(items), *images.shape[-2:]), IGNORE_INDEX, dtype=torch.int64)
+        else:
+            masks = torch.stack([mask for _, mask in items]).to(torch.int64)
+        return images, masks
 
 
 class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -80,7 +98,8 @@ def batch_stream(
     num_workers: int = 0, pin_memory: bool = False, labels: bool = True,
 ) -> DataLoader:
     sampler = IterationBatchSampler(pool, batch_size, seed, stream, start, stop)
+    dataset = AugmentedDataset(source, transform, labels)
     return DataLoader(
-        AugmentedDataset(source, transform, labels), batch_sampler=sampler, num_workers=num_workers,
+        dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=num_workers,
         pin_memory=pin_memory, persistent_workers=False,
     )

@@ -2,7 +2,8 @@
 
 Training crops: a random rescale of the long side, a random crop padded with 0 (``data.pad_fill:
 zero``; or the mean pixel, ``mean``, the official code's) in the image and 255 (ignored) in the
-mask, a horizontal flip, then ImageNet normalisation. These are the operations of
+mask, a horizontal flip, then ImageNet normalisation (by the loader, once per batch:
+``cct.data.loader.AugmentedDataset.collate``). These are the operations of
 ``torchvision.transforms.v2`` (``Resize(max_size=...)`` with antialiasing, ``RandomCrop(
 pad_if_needed=True)``, ``RandomHorizontalFlip``, ``ToDtype``, ``Normalize``) on the same torch
 kernels, with the same random draws in the same order (a test checks them equal to v2's on the same
@@ -97,17 +98,27 @@ class TrainTransform:
         self.native = _native_uint8_bilinear()
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator):
+        image, mask = self.geometric(image, mask.to(torch.uint8), generator)
+        return self.normalize(image), mask.to(torch.int64)
+
+    def geometric(self, image: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator):
+        """The crop without the normalisation: image uint8 (3, H, W) and mask uint8 (H, W), or None
+        for an image whose labels are never read -> uint8 (3, s, s) and uint8 (s, s) or None. The
+        random draws are the same with or without a mask, so an image is cropped alike either way.
+        Masks travel as uint8 (class indices below 255, and 255 ignored): nearest resizing copies
+        pixels, so it is exact in any dtype, and uint8 needs no float round trip."""
         long_side = int(torch.randint(self.lo, self.hi + 1, (), generator=generator).item())
         size = _resized_size(*image.shape[-2:], long_side)
         if size != tuple(image.shape[-2:]):
             image = _interpolate(image, size, "bilinear", self.native)
-            mask = _interpolate(mask.unsqueeze(0), size, "nearest", self.native)[0]
+            if mask is not None:
+                mask = F.interpolate(mask[None, None], size=list(size), mode="nearest")[0, 0]
         image, mask = self._random_crop(image, mask, generator)
         if self.flip and torch.rand(1, generator=generator) < 0.5:
-            image, mask = image.flip(-1), mask.flip(-1)
-        return self.normalize(image), mask
+            image, mask = image.flip(-1), None if mask is None else mask.flip(-1)
+        return image, mask
 
-    def _random_crop(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator):
+    def _random_crop(self, image: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator):
         h, w = image.shape[-2:]
         # where smaller than the crop, pad both sides by the shortfall (torchvision's pad_if_needed)
         dy, dx = max(self.crop - h, 0), max(self.crop - w, 0)
@@ -119,12 +130,12 @@ class TrainTransform:
                 canvas = canvas.clone()
                 canvas[:, dy : dy + h, dx : dx + w] = image
                 image = canvas
-            mask = F.pad(mask, (dx, dx, dy, dy), value=IGNORE_INDEX)
+            mask = None if mask is None else F.pad(mask, (dx, dx, dy, dy), value=IGNORE_INDEX)
             h, w = h + 2 * dy, w + 2 * dx
         top = int(torch.randint(0, h - self.crop + 1, size=(), generator=generator)) if h > self.crop else 0
         left = int(torch.randint(0, w - self.crop + 1, size=(), generator=generator)) if w > self.crop else 0
         return (image[..., top : top + self.crop, left : left + self.crop],
-                mask[..., top : top + self.crop, left : left + self.crop])
+                None if mask is None else mask[..., top : top + self.crop, left : left + self.crop])
 
 
 def train_transform(config: DataConfig, image_size: int) -> TrainTransform:

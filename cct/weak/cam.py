@@ -98,11 +98,19 @@ def foreground_labels(source: Source) -> np.ndarray:
 
 
 class _ImageLevel(AugmentedDataset):
-    """Item (index, aug seed) -> (augmented image (3, h, w), multi-hot labels float (K-1,))."""
+    """Item (index, aug seed) -> (augmented image uint8 (3, h, w), multi-hot labels float (K-1,));
+    batches of normalised images float32 (B, 3, h, w) and labels (B, K-1)."""
+
+    def __init__(self, source: Source, transform) -> None:
+        super().__init__(source, transform, labels=False)  # the masks are not read: the same crops
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         image, _ = super().__getitem__(key)
         return image, torch.from_numpy(self.source.image_labels[key[0]].astype(np.float32))
+
+    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.transform.normalize(torch.stack([image for image, _ in items]))
+        return images, torch.stack([labels for _, labels in items])
 
 
 @torch.no_grad()
@@ -216,7 +224,8 @@ def _batches(config: CamRunConfig, source: Source, start: int) -> DataLoader:
     data = dataclasses.replace(config.data, crop_size=tc.crop_size, scale_range=tc.scale_range)
     transform = train_transform(data, max(source.load(0)[0].shape[:2]))
     sampler = IterationBatchSampler(list(range(len(source))), tc.batch_size, tc.seed, "labeled", start, tc.iterations)
-    return DataLoader(_ImageLevel(source, transform), batch_sampler=sampler, num_workers=config.data.num_workers)
+    dataset = _ImageLevel(source, transform)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=config.data.num_workers)
 
 
 def load_cam(path: str | Path) -> tuple[CamNet, CamRunConfig]:

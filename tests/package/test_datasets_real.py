@@ -193,7 +193,8 @@ def test_file_backed_source_feeds_the_training_transform(voc):
     dataset = AugmentedDataset(
         train, train_transform(DataConfig(crop_size=32, base_size=40, scale_range=(0.5, 2.0)), 32)
     )
-    image, mask = dataset[(3, 1234)]
+    images, masks = dataset.collate([dataset[(3, 1234)]])
+    image, mask = images[0], masks[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
     assert mask.shape == (32, 32) and mask.dtype == torch.int64
     assert set(mask.unique().tolist()) <= set(range(21)) | {255}

@@ -9,7 +9,7 @@ import torch
 from cct.config import DataConfig
 from cct.data.base import Source
 from cct.data.loader import AugmentedDataset, IterationBatchSampler, batch_stream
-from cct.data.transforms import MEAN, STD, train_transform
+from cct.data.transforms import MEAN, STD, to_tensors, train_transform
 
 POOL = list(range(100, 110))  # indices into a dataset, not 0..n-1, to catch pool/position mix-ups
 
@@ -68,10 +68,31 @@ def test_augmented_item_depends_only_on_index_and_seed():
     torch.manual_seed(99)  # and does not matter
     x2, y2 = dataset[(2, 12345)]
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    assert x1.shape == (3, 32, 32) and x1.dtype == torch.float32
-    assert y1.shape == (32, 32) and y1.dtype == torch.int64
+    assert x1.shape == (3, 32, 32) and x1.dtype == torch.uint8  # normalised per batch, by collate
+    assert y1.shape == (32, 32) and y1.dtype == torch.uint8
     others = [dataset[(2, s)] for s in range(6)]
     assert any(not torch.equal(x1, x) for x, _ in others)
+
+
+def test_a_batch_is_its_crops_transformed_one_by_one():
+    """collate's batch-level normalisation and uint8 masks give, to the bit, what the whole
+    transform gives each crop (float32 normalised image, int64 mask), and an unlabelled stream the
+    same images with all-255 masks."""
+    source = toy_source(size=40)
+    transform = train_transform(DataConfig(crop_size=32, scale_range=(0.5, 1.5)), 40)
+    keys = [(i % 4, 1000 + i) for i in range(6)]
+    labelled = AugmentedDataset(source, transform)
+    images, masks = labelled.collate([labelled[k] for k in keys])
+    assert images.dtype == torch.float32 and masks.dtype == torch.int64
+    for b, (index, seed) in enumerate(keys):
+        image, mask = transform(*to_tensors(*source.load(index)), torch.Generator().manual_seed(seed))
+        assert torch.equal(images[b], image) and torch.equal(masks[b], mask)
+    assert (masks == 255).any() and (masks < 3).any(), "the scales drawn pad some crops"
+    unlabelled = AugmentedDataset(source, transform, labels=False)
+    assert all(unlabelled[k][1] is None for k in keys)
+    images_u, masks_u = unlabelled.collate([unlabelled[k] for k in keys])
+    assert torch.equal(images_u, images)
+    assert masks_u.dtype == torch.int64 and bool((masks_u == 255).all())
 
 
 def test_labelled_images_are_re_augmented_on_every_pass():
@@ -100,7 +121,8 @@ def test_crop_is_padded_with_255_in_the_mask_and_0_in_the_image():
     source = toy_source(n=1, size=40)
     # fixed scale 0.75: the short side becomes 30, cropped to 32 -> 32*32 - 30*30 padded pixels
     config = DataConfig(crop_size=32, scale_range=(0.75, 0.75), flip=False)
-    x, y = AugmentedDataset(source, train_transform(config, 40))[(0, 3)]
+    dataset = AugmentedDataset(source, train_transform(config, 40))
+    x, y = (t[0] for t in dataset.collate([dataset[(0, 3)]]))
     padded = y == 255
     assert int(padded.sum()) == 32 * 32 - 30 * 30
     black = torch.tensor([-m / s for m, s in zip(MEAN, STD, strict=True)]).view(3, 1)
@@ -118,7 +140,7 @@ def test_flip_flips_image_and_mask_together():
     dataset = AugmentedDataset(source, train_transform(config, 32))
     flipped = 0
     for seed in range(20):
-        x, y = dataset[(0, seed)]
+        x, y = (t[0] for t in dataset.collate([dataset[(0, seed)]]))
         white = x[0] > 0
         assert torch.equal(white, y == 1)
         flipped += int(bool(y[:, -1].all()))

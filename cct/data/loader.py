@@ -51,12 +51,16 @@ class AugmentedDataset(Dataset):
         """Items -> (images float32 (B, 3, s, s) normalised, masks int64 (B, s, s); all 255 without
         labels). Normalising the stacked batch gives the same floats as normalising each crop (an
         element-wise map), in four tensor operations per batch instead of four per image."""
-        images = self.transform.normalize(torch.stack([image for image, _ in items]))
+        images = self.images(items)
         if items[0][1] is None:
             masks = torch.full((len(items), *images.shape[-2:]), IGNORE_INDEX, dtype=torch.int64)
         else:
             masks = torch.stack([mask for _, mask in items]).to(torch.int64)
         return images, masks
+
+    def images(self, items: list[tuple]) -> torch.Tensor:
+        """The items' uint8 crops (first of each pair) -> float32 (B, 3, s, s), normalised."""
+        return self.transform.normalize(torch.stack([item[0] for item in items]))
 
 
 class IterationBatchSampler(Sampler[list[tuple[int, int]]]):

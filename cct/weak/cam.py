@@ -109,8 +109,7 @@ class _ImageLevel(AugmentedDataset):
         return image, torch.from_numpy(self.source.image_labels[key[0]].astype(np.float32))
 
     def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = self.transform.normalize(torch.stack([image for image, _ in items]))
-        return images, torch.stack([labels for _, labels in items])
+        return self.images(items), torch.stack([labels for _, labels in items])
 
 
 @torch.no_grad()

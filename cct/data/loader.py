@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cct import IGNORE_INDEX
 from cct.data.base import Source
-from cct.data.transforms import to_tensors
+from cct.data.transforms import to_image
 
 _STREAMS = {"labeled": 1, "unlabeled": 2}
 
@@ -42,17 +42,17 @@ class AugmentedDataset(Dataset):
         index, seed = key
         generator = torch.Generator().manual_seed(seed)
         if not self.labels:
-            image = torch.from_numpy(np.array(self.source.image(index))).permute(2, 0, 1)
-            return self.transform.geometric(image, None, generator)[0], None
-        image, mask = to_tensors(*self.source.load(index))
-        return self.transform.geometric(image, mask.to(torch.uint8), generator)
+            return self.transform.geometric(to_image(self.source.image(index)), None, generator)[0], None
+        image, mask = self.source.load(index)
+        # one copy of the mask, straight to the uint8 the crop carries (see TrainTransform.geometric)
+        return self.transform.geometric(to_image(image), torch.from_numpy(mask.astype(np.uint8)), generator)
 
     def collate(self, items: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Items -> (images float32 (B, 3, s, s) normalised, masks int64 (B, s, s); all 255 without
         labels). Normalising the stacked batch gives the same floats as normalising each crop (an
         element-wise map), in four tensor operations per batch instead of four per image."""
         images = self.images(items)
-        if items[0][1] is None:
+        if not self.labels:
             masks = torch.full((len(items), *images.shape[-2:]), IGNORE_INDEX, dtype=torch.int64)
         else:
             masks = torch.stack([mask for _, mask in items]).to(torch.int64)

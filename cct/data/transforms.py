@@ -26,14 +26,19 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def to_image(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> uint8 (3, H, W), a view of the H, W, 3 copy (as torchvision's ``to_image``)."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (H, W, 3), int64 (H, W) -> uint8 (3, H, W) (a view of the H, W, 3 copy, as
-    torchvision's ``to_image``) and int64 (H, W)."""
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.from_numpy(np.array(mask))
+    """uint8 (H, W, 3), int64 (H, W) -> uint8 (3, H, W) (:func:`to_image`) and int64 (H, W)."""
+    return to_image(image), torch.from_numpy(np.array(mask))
 
 
 def normalize():
-    """uint8 (3, H, W) -> float32 (3, H, W): scaled to [0, 1], minus the ImageNet mean, over its std."""
+    """uint8 (..., 3, H, W) -> float32 (..., 3, H, W): scaled to [0, 1], minus the ImageNet mean, over
+    its std (one crop, or a batch of them: an element-wise map, the same floats either way)."""
     mean = torch.tensor(MEAN, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(STD, dtype=torch.float32).view(-1, 1, 1)
 

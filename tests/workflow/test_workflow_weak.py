@@ -39,7 +39,7 @@ def test_weak_setting_defaults_to_the_smallest_label_count_and_aliases_the_curve
     assert canonical[Run("emb", "weak_labels", "cct", 20, 0, 1)] == Run("emb", "label_fraction", "cct", 20, 0, 1)
     assert canonical[Run("emb", "weak_labels", "supervised", 20, 0, 0)].setting == "label_fraction"
     assert canonical[Run("emb", "weak_labels", "cct_weak", 20, 0, 0)].setting == "weak_labels"
-    assert weak_labels.pipelines(runs) == [("emb", 0), ("emb", 1)]
+    assert weak_labels.pipelines(config, runs) == [("emb", 0), ("emb", 1)]
 
 
 def test_cct_weak_reads_its_seeds_pseudo_labels_and_is_cct_otherwise():
@@ -50,6 +50,19 @@ def test_cct_weak_reads_its_seeds_pseudo_labels_and_is_cct_otherwise():
     assert {k: v for k, v in weak.items() if k != "weak"} == cct
     cam = weak_labels.cam_config(config, "emb", 1)
     assert cam == {"data": {"dataset": "embedded", "root": "results/data/embedded"}, "train": {"seed": 1}}
+
+
+def test_a_cam_seed_gives_one_pipeline_whose_pseudo_labels_every_seed_reads():
+    config = weak_config(cam_seed=1)
+    runs = grid.check_config(config)
+    assert weak_labels.pipelines(config, runs) == [("emb", 1)]
+    for seed in (0, 1):
+        weak = grid.workflow_run_config(config, Run("emb", "weak_labels", "cct_weak", 20, 0, seed))
+        assert weak["weak"] == {"pseudo_labels": "results/weak/emb/seed1/pseudo_labels"}
+        assert weak["train"]["seed"] == seed  # the run keeps its own training seed
+    assert weak_labels.cam_config(config, "emb", 1)["train"] == {"seed": 1}
+    with pytest.raises(Exception, match="cam_seed"):
+        weak_config(cam_seed=-1)
 
 
 def test_cam_overrides_merge_setting_then_dataset():
@@ -77,6 +90,20 @@ def test_cam_keys_are_checked_before_any_job():
 
 
 TINY = load_test_config("weak")  # .test/config/weak.yaml
+
+
+def test_a_shared_cam_is_one_job_chain_read_by_every_seeds_run(tmp_path):
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["seeds"] = [0, 1, 2]
+    config["settings"]["weak_labels"]["cam_seed"] = 1
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "-n", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["cam_train"] == counts["cam_infer"] == counts["pseudo_labels"] == 1
+    proc = snakemake(tmp_path, "-n", "-p", "results/runs/tiny/weak_labels/cct_weak/10/split0/seed2/overrides.yaml")
+    assert "results/weak/tiny/seed1" in proc.stdout and "results/weak/tiny/seed0" not in proc.stdout
 
 
 @pytest.mark.slow

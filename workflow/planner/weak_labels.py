@@ -2,7 +2,9 @@
 the image-level labels, its class activation maps and the pseudo pixel labels thresholded from them
 (the pipeline's folders: :meth:`planner.layout.Layout.weak_paths`); a method that learns from pseudo
 labels (``cct_weak``, :attr:`cct.methods.Method.weak`) reads those of its dataset and seed, so the
-spread over seeds includes that of the pseudo labels.
+spread over seeds includes that of the pseudo labels. With ``settings.weak_labels.cam_seed`` set,
+each dataset has one pipeline instead, trained with that seed, and the runs of every training seed
+read its pseudo labels (as the paper trains one CAM classifier).
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ def needs_pseudo_labels(method: str) -> bool:
     return method in METHODS and METHODS[method].weak
 
 
+def pipeline_seed(config: Mapping[str, Any], seed: int | str) -> int:
+    """The seed of the weak-label pipeline whose pseudo labels the runs of training seed ``seed`` read:
+    ``settings.weak_labels.cam_seed`` when set (one pipeline shared by every seed), else ``seed``."""
+    shared = config["settings"].get("weak_labels", {}).get("cam_seed")
+    return int(seed) if shared is None else int(shared)
+
+
 def pseudo_labels(config: Mapping[str, Any], dataset: str, seed: int | str) -> str:
-    """The pseudo labels' folder of a dataset and training seed."""
-    return Layout.of(config).weak_paths(dataset, seed)["pseudo_labels"]
+    """The pseudo labels' folder that the runs of a dataset and training seed read."""
+    return Layout.of(config).weak_paths(dataset, pipeline_seed(config, seed))["pseudo_labels"]
 
 
 def run_keys(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
@@ -32,13 +41,13 @@ def run_keys(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     return {"weak": {"pseudo_labels": pseudo_labels(config, run.dataset, run.seed)}}
 
 
-def pipelines(runs: Iterable[Run]) -> list[tuple[str, int]]:
-    """(dataset, seed) of every weak-label pipeline the runs read."""
-    return sorted({(r.dataset, r.seed) for r in runs if needs_pseudo_labels(r.method)})
+def pipelines(config: Mapping[str, Any], runs: Iterable[Run]) -> list[tuple[str, int]]:
+    """(dataset, seed) of every weak-label pipeline the runs read (see :func:`pipeline_seed`)."""
+    return sorted({(r.dataset, pipeline_seed(config, r.seed)) for r in runs if needs_pseudo_labels(r.method)})
 
 
 def cam_config(config: Mapping[str, Any], dataset: str, seed: int | str) -> dict[str, Any]:
-    """The CAM config (cct.config.CamRunConfig overrides) of a dataset and training seed: the
+    """The CAM config (cct.config.CamRunConfig overrides) of a dataset's pipeline of seed ``seed``: the
     dataset's data section (without training-only keys), the encoder its runs start from (its
     backbone initialises the CAM classifier's, as the paper's CAM network starts from ImageNet
     weights), ``settings.weak_labels.cam``, ``datasets.<dataset>.cam``, and the seed."""
@@ -56,13 +65,14 @@ def check(config: Mapping[str, Any], runs: Iterable[Run], validate_cam: Callable
     """Before any job: the CAM overrides leave the seed to the workflow, and (``validate_cam``, when
     given) each dataset's CAM config builds."""
     checked = set()
-    for dataset, seed in pipelines(runs):
+    for dataset, seed in pipelines(config, runs):
         cam_places = [("settings.weak_labels.cam", config["settings"].get("weak_labels", {}).get("cam")),
                       (f"datasets.{dataset}.cam", config["datasets"][dataset].get("cam"))]
         for where, tree in cam_places:
             if get_key(tree or {}, "train.seed")[0]:
                 raise GridError(
-                    f"{where}.train.seed: the CAM classifier of training seed s is trained with seed s; remove it"
+                    f"{where}.train.seed: the CAM classifier of training seed s is trained with seed s; remove it "
+                    "(settings.weak_labels.cam_seed trains one with a given seed for every training seed)"
                 )
         if dataset in checked:
             continue

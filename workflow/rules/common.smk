@@ -67,7 +67,7 @@ CANONICAL = grid.canonical_runs(config, RUNS)  # run -> the run that trains its 
 TRAINED = [r for r in RUNS if CANONICAL[r] == r]
 ALIASES = {r: c for r, c in CANONICAL.items() if r != c}
 
-WEAK = weak_labels.pipelines(RUNS)  # (dataset, seed) of every weak-label pipeline
+WEAK = weak_labels.pipelines(config, RUNS)  # (dataset, seed) of every weak-label pipeline
 
 L = Layout.of(config)  # every path of the results tree
 PAPER_NUMBERS = config["paper_numbers"] or os.path.join(ROOT, "data", "paper_numbers.csv")
@@ -219,11 +219,12 @@ def cam_metrics():
 
 
 def weak_figure_inputs(wildcards):
-    """The first seed's weak pipeline of the dataset and the checkpoint of its first run on pseudo labels."""
+    """The dataset's first run on pseudo labels (its checkpoint) and the weak pipeline it read."""
     run = min(r for r in TRAINED if r.dataset == wildcards.dataset and weak_labels.needs_pseudo_labels(r.method))
-    paths = L.weak_paths(run.dataset, run.seed)
+    seed = weak_labels.pipeline_seed(config, run.seed)
+    paths = L.weak_paths(run.dataset, seed)
     return {
-        "prepared": prepare.inputs(config, weak_labels.cam_config(config, run.dataset, run.seed)),
+        "prepared": prepare.inputs(config, weak_labels.cam_config(config, run.dataset, seed)),
         "cam_config": paths["config"],
         "cams": paths["cams"],
         "pseudo": paths["pseudo_labels"],

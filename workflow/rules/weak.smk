@@ -1,6 +1,7 @@
-# The weak-label setting (paper Sec. 3.4): per dataset and training seed, a CAM classifier trained on
-# the training set's image-level labels, its class activation maps, and pseudo pixel labels
-# thresholded from them; the cct_weak runs train their auxiliary decoders on those labels.
+# The weak-label setting (paper Sec. 3.4): per dataset and training seed (per dataset with
+# settings.weak_labels.cam_seed), a CAM classifier trained on the training set's image-level labels,
+# its class activation maps, and pseudo pixel labels thresholded from them; the cct_weak runs train
+# their auxiliary decoders on those labels.
 #   {results}/weak/{dataset}/seed{seed}/cam.yaml            the CAM config (from params)
 #   {results}/weak/{dataset}/seed{seed}/cam/                config.yaml, checkpoint.pt, metrics.json
 #   {results}/weak/{dataset}/seed{seed}/cams/               <id>.npz per training image

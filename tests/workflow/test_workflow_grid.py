@@ -326,20 +326,23 @@ def test_run_config_is_valid_yaml_for_cct(tmp_path):
 def test_train_priority_orders_runs_by_cost(default_config):
     """The train jobs' priority (grid.relative_cost) puts the longest runs first: on the default
     grid joint CCT > CCT + pseudo labels > CCT (7 decoders, the ablation's all too) > one
-    perturbation (6 decoders, each kind alike) > supervised, each in proportion to its iterations;
-    cct's defaults count where a config leaves a key out."""
+    perturbation (6 decoders, each kind alike) > supervised, each in proportion to its iterations
+    (the multi-domain runs have fewer); cct's defaults count where a config leaves a key out."""
     config = validated(default_config)
     cost = {}
     for run in grid.canonical_runs(config).values():
-        cost.setdefault(run.method, set()).add(grid.relative_cost(grid.workflow_run_config(config, run)))
+        key = ("md_" if run.setting == "multi_domain" else "") + run.method
+        cost.setdefault(key, set()).add(grid.relative_cost(grid.workflow_run_config(config, run)))
     assert all(len(values) == 1 for values in cost.values()), cost  # a method's runs cost the same
     cost = {method: values.pop() for method, values in cost.items()}
     assert "all" not in cost  # an alias of cct
-    assert cost["joint_cct"] > cost["cct_weak"] > cost["cct"] > cost["vat"] > cost["supervised"]
+    assert cost["md_joint_cct"] > cost["cct_weak"] > cost["cct"] > cost["vat"] > cost["supervised"]
     assert {cost[p] for p in PERTURBATIONS} == {cost["vat"]}
     # the estimate counts decoders: a kind alone with 6, CCT with 7 (one per kind)
     assert cost["cct"] - cost["vat"] == pytest.approx(config["cct"]["train"]["iterations"] * grid.AUX_COST)
-    assert cost["joint_cct"] == 2 * cost["cct"]
+    md_its = config["settings"]["multi_domain"]["cct"]["train"]["iterations"]
+    assert cost["md_cct"] == pytest.approx(cost["cct"] * md_its / config["cct"]["train"]["iterations"])
+    assert cost["md_joint_cct"] == 2 * cost["md_cct"]
     its = config["cct"]["train"]["iterations"]
     assert cost["supervised"] == its
     assert grid.relative_cost({"train": {"mode": "supervised", "iterations": 2 * its}}) == 2 * its
@@ -350,7 +353,8 @@ def test_train_priority_orders_runs_by_cost(default_config):
 def test_default_joint_run_steps_its_backbone_like_a_single_domain_run(default_config):
     """The default grid sets ``optim.joint_backbone: mean`` for every run: it changes the joint runs
     only (their backbone's rate over 2 domains): domain a's CCT run alone at the setting's 10 labels
-    has the curve's config but for its label count and split lists."""
+    has the curve's config but for its label count, split lists and the setting's iterations, which
+    the joint run shares."""
     cct_config = pytest.importorskip("cct.config")
     train = pytest.importorskip("cct.train")
     config = validated(default_config)
@@ -362,7 +366,11 @@ def test_default_joint_run_steps_its_backbone_like_a_single_domain_run(default_c
     mine = grid.workflow_run_config(config, alone)
     assert mine["data"]["n_labeled"] == 10
     assert mine["data"]["labeled_list"] == "results/splits/embedded/10/split0/labeled.txt"
-    assert {k: v for k, v in mine.items() if k != "data"} == {k: v for k, v in curve.items() if k != "data"}
+    setting_train = config["settings"]["multi_domain"]["cct"]["train"]
+    assert setting_train == {"iterations": 500, "eval_interval": 500}
+    assert mine["train"] == curve["train"] | setting_train and joint["train"] == mine["train"]
+    assert {k: v for k, v in mine.items() if k not in ("data", "train")} == {
+        k: v for k, v in curve.items() if k not in ("data", "train")}
     joint_cfg = cct_config.from_dict(joint)
     alone_cfg = cct_config.from_dict(grid.workflow_run_config(config, alone))
     domains = 1 + len(joint_cfg.extra_domains)

@@ -76,9 +76,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "Seeds": summary["n_seeds"],
     })
     caption = (
-        "Table: Pseudo pixel labels from image-level labels (CAM classifier, one per training seed), scored "
-        "against the ground truth of the training images: mIoU (%) over the pixels they label, and the share of "
-        "pixels they leave ignored (255). Mean ± sample standard deviation over seeds."
+        "Table: Pseudo pixel labels from image-level labels (a CAM classifier per seed listed: each training "
+        "seed's own, or one shared by every seed, settings.weak_labels.cam_seed), scored against the ground truth "
+        "of the training images: mIoU (%) over the pixels they label, and the share of pixels they leave ignored "
+        "(255). Mean ± sample standard deviation over those seeds."
     )
     return f"{caption}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
 

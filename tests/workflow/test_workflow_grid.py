@@ -323,6 +323,22 @@ def test_run_config_is_valid_yaml_for_cct(tmp_path):
     assert yaml.safe_load(path.read_text())["data"]["labeled_list"] == "l.txt"
 
 
+def test_a_null_setting_cct_drops_the_earlier_config_files_overrides(default_config):
+    """--configfile merges mappings key by key, so only null can take back a setting's cct overrides
+    (as config/paper/multidomain.yaml does with the default's multi-domain iterations)."""
+    from snakemake.utils import update_config
+
+    config = copy.deepcopy(default_config)
+    update_config(config, {"settings": {"multi_domain": {"cct": None}}})
+    config = validated(config)
+    assert config["settings"]["multi_domain"]["cct"] is None
+    alone = grid.workflow_run_config(config, Run("embedded", "multi_domain", "cct", 10, 0, 0))
+    joint = grid.workflow_run_config(config, Run("embedded_ab", "multi_domain", "joint_cct", 10, 0, 0))
+    assert alone["train"]["iterations"] == joint["train"]["iterations"] == default_config["cct"]["train"]["iterations"]
+    with pytest.raises(WorkflowError, match="cct"):
+        validated(config | {"settings": config["settings"] | {"label_fraction": {"cct": "x"}}})
+
+
 def test_train_priority_orders_runs_by_cost(default_config):
     """The train jobs' priority (grid.relative_cost) puts the longest runs first: on the default
     grid joint CCT > CCT + pseudo labels > CCT (7 decoders, the ablation's all too) > one

@@ -46,14 +46,12 @@ class Source:
         return len(self.ids)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image = self.image(index)
         if self.files is not None:
-            image_path, mask_path = self.files[index]
-            image = read_image(image_path)
             return image, self._file_mask(index, (image.shape[1], image.shape[0]))
-        images, masks = self.arrays
-        mask = masks[index].astype(np.int64)
+        mask = self.arrays[1][index].astype(np.int64)
         check_mask(mask, self.num_classes, f"{self.name}: {self.ids[index]}")
-        return images[index], mask
+        return image, mask
 
     def image(self, index: int) -> np.ndarray:
         """The image uint8 (H, W, 3) alone: a sample whose labels are never read (the unlabelled

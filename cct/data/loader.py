@@ -31,7 +31,7 @@ class AugmentedDataset(Dataset):
     makes the batch the trainer sees."""
 
     def __init__(self, source: Source, transform, labels: bool = True) -> None:
-        if source.num_classes > IGNORE_INDEX:  # the crops' masks are uint8, 255 the ignored label
+        if labels and source.num_classes > IGNORE_INDEX:  # the crops' masks are uint8, 255 the ignored label
             raise ValueError(f"{source.name}: {source.num_classes} classes; at most {IGNORE_INDEX} are supported")
         self.source, self.transform, self.labels = source, transform, labels
 

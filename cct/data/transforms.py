@@ -64,8 +64,9 @@ def _resized_size(height: int, width: int, long_side: int) -> tuple[int, int]:
     return (long_side, new_short) if width <= height else (new_short, long_side)
 
 
-def _interpolate(x: torch.Tensor, size: tuple[int, int], mode: str, native: bool) -> torch.Tensor:
-    """Resize x (C, H, W) as torchvision's ``resize_image`` does (same dtype paths and memory layout)."""
+def _resize_image(x: torch.Tensor, size: tuple[int, int], native: bool) -> torch.Tensor:
+    """Bilinear, antialiased resize of an image x (C, H, W) as torchvision's ``resize_image`` does
+    (same dtype paths and memory layout)."""
     c, h, w = x.shape
     numel = x.numel()
     x = x.reshape(-1, c, h, w)
@@ -76,8 +77,7 @@ def _interpolate(x: torch.Tensor, size: tuple[int, int], mode: str, native: bool
     cast = not (dtype in (torch.float32, torch.float64) or (dtype == torch.uint8 and native))
     if cast:
         x = x.to(torch.float32)
-    smooth = mode == "bilinear"
-    x = F.interpolate(x, size=list(size), mode=mode, align_corners=False if smooth else None, antialias=smooth)
+    x = F.interpolate(x, size=list(size), mode="bilinear", align_corners=False, antialias=True)
     if cast:
         if dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
             x = x.round_()
@@ -115,7 +115,7 @@ class TrainTransform:
         long_side = int(torch.randint(self.lo, self.hi + 1, (), generator=generator).item())
         size = _resized_size(*image.shape[-2:], long_side)
         if size != tuple(image.shape[-2:]):
-            image = _interpolate(image, size, "bilinear", self.native)
+            image = _resize_image(image, size, self.native)
             if mask is not None:
                 mask = F.interpolate(mask[None, None], size=list(size), mode="nearest")[0, 0]
         image, mask = self._random_crop(image, mask, generator)

@@ -95,6 +95,17 @@ def test_a_batch_is_its_crops_transformed_one_by_one():
     assert masks_u.dtype == torch.int64 and bool((masks_u == 255).all())
 
 
+def test_masks_travel_as_uint8_so_a_labelled_stream_refuses_over_255_classes():
+    source = toy_source()
+    many = Source("many/train", source.ids, tuple(f"c{i}" for i in range(300)), [0], arrays=source.arrays)
+    transform = train_transform(DataConfig(crop_size=32), 40)
+    with pytest.raises(ValueError, match="many/train: 300 classes; at most 255"):
+        AugmentedDataset(many, transform)
+    unlabelled = AugmentedDataset(many, transform, labels=False)
+    images, masks = unlabelled.collate([unlabelled[(0, 1)]])
+    assert images.shape == (1, 3, 32, 32) and bool((masks == 255).all())  # no mask read: nothing to refuse
+
+
 def test_labelled_images_are_re_augmented_on_every_pass():
     """Official defect 3: itertools.cycle replays the first pass's batches. Here a 2-image pool seen
     over 8 iterations of batch 2 shows each image under 8 different augmentations."""

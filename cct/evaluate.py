@@ -58,20 +58,23 @@ def predict_image(model, image: torch.Tensor, stride: int, domain: str | None = 
 
 
 @torch.no_grad()
-def evaluate(model, source: Source, device: torch.device, batch_size: int = 16, domain: str | None = None) -> dict:
-    """Scores of ``model`` on every image of ``source`` (same-size images are batched)."""
+def image_confusions(model, source: Source, device: torch.device, batch_size: int = 16,
+                     domain: str | None = None) -> np.ndarray:
+    """int64 (N, K, K): the confusion matrix of each of ``source``'s N images (same-size images are
+    batched); their sum is :func:`evaluate`'s matrix, and resampling them gives a score's spread
+    over the images (``benchmarks/gain_precision.py``)."""
     was_training = model.training
     model.eval()
     norm = normalize()
     k = source.num_classes
-    cm = torch.zeros(k, k, dtype=torch.int64)
+    out: list[torch.Tensor] = []
     batch: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def flush() -> None:
         images = torch.stack([b[0] for b in batch]).to(device)
         masks = torch.stack([b[1] for b in batch])
         pred = predict_image(model, images, model.stride, domain).cpu()
-        cm.add_(confusion_matrix(pred, masks, k))
+        out.extend(confusion_matrix(p, m, k) for p, m in zip(pred, masks, strict=True))
         batch.clear()
 
     for i in range(len(source)):
@@ -83,6 +86,12 @@ def evaluate(model, source: Source, device: torch.device, batch_size: int = 16, 
     if batch:
         flush()
     model.train(was_training)
-    result = scores(cm.numpy(), source.class_names)
+    return torch.stack(out).numpy() if out else np.zeros((0, k, k), dtype=np.int64)
+
+
+def evaluate(model, source: Source, device: torch.device, batch_size: int = 16, domain: str | None = None) -> dict:
+    """Scores of ``model`` on every image of ``source`` (same-size images are batched)."""
+    cm = image_confusions(model, source, device, batch_size, domain).sum(0)
+    result = scores(cm, source.class_names)
     result["confusion_matrix"] = cm.tolist()
     return result

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from cct.data.base import Source
-from cct.evaluate import confusion_matrix, evaluate, iou_from_confusion, predict_image, scores
+from cct.evaluate import confusion_matrix, evaluate, image_confusions, iou_from_confusion, predict_image, scores
 
 
 def test_confusion_matrix_rows_are_truth_and_255_is_ignored():
@@ -104,3 +104,22 @@ def test_evaluate_accumulates_the_confusion_matrix_over_images_of_different_size
     total = sum(counts)
     assert result["miou"] == pytest.approx(100 * counts[0] / total / 3)
     assert result["pixel_accuracy"] == pytest.approx(100 * counts[0] / total)
+
+
+def test_image_confusions_are_each_images_own_and_sum_to_evaluates_matrix():
+    rng = np.random.default_rng(1)
+    masks = [rng.integers(0, 3, (8, 8)), rng.integers(0, 3, (6, 10)), rng.integers(0, 3, (8, 8))]
+    masks[2][:, :3] = 255
+    images = [np.zeros((*m.shape, 3), dtype=np.uint8) for m in masks]
+
+    class Multi(Source):
+        def load(self, index):
+            return images[index], masks[index].astype(np.int64)
+
+    source = Multi("toy/val", ["a", "b", "c"], ("bg", "x", "y"), [0])
+    per_image = image_confusions(AllBackground(3), source, torch.device("cpu"), batch_size=2)
+    assert per_image.shape == (3, 3, 3) and per_image.dtype == np.int64
+    for cm, mask in zip(per_image, masks, strict=True):  # every pixel predicted background, 255 ignored
+        assert cm[:, 0].tolist() == [int((mask == c).sum()) for c in range(3)] and not cm[:, 1:].any()
+    result = evaluate(AllBackground(3), source, torch.device("cpu"))
+    assert per_image.sum(0).tolist() == result["confusion_matrix"]

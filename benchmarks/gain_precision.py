@@ -17,6 +17,7 @@ validation split is the runs' own figure, recomputed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -27,28 +28,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _load(run: str):
-    from cct.engine import load_checkpoint
-
-    model, config = load_checkpoint(Path(run) / "checkpoint.pt", run)
-    return model, config
-
-
 def _fresh_source(val, domain: str, n: int, seed: int):
     """``n`` scenes of embedded ``domain`` drawn with generation seed ``seed`` (the dataset's own
-    splits use seed 0), as a Source with the validation split's classes."""
+    splits use seed 0): the validation Source ``val`` with other scenes."""
     from cct.data import embedded
-    from cct.data.base import Source
 
     data = embedded.generate("val", domain, seed=seed, n=n)
-    return Source(name=f"embedded-{domain}/fresh{seed}", ids=list(data.ids), class_names=data.class_names,
-                  background_classes=val.background_classes, arrays=(data.images, data.masks))
+    return dataclasses.replace(val, name=f"embedded-{domain}/fresh{seed}", ids=list(data.ids),
+                               arrays=(data.images, data.masks), image_labels=None)
 
 
 def _miou(cm: np.ndarray) -> float:
-    from cct.evaluate import iou_from_confusion
+    from cct.evaluate import iou_from_confusion, miou_from_iou
 
-    return float(np.nanmean(iou_from_confusion(cm)) * 100)
+    return miou_from_iou(iou_from_confusion(cm))
 
 
 def confusions(run: str, fresh: int, fresh_seed: int) -> tuple[int, np.ndarray, np.ndarray | None]:
@@ -56,9 +49,10 @@ def confusions(run: str, fresh: int, fresh_seed: int) -> tuple[int, np.ndarray, 
     import torch
 
     from cct.data.base import load_source
+    from cct.engine import load_checkpoint
     from cct.evaluate import image_confusions
 
-    model, config = _load(run)
+    model, config = load_checkpoint(Path(run) / "checkpoint.pt", run)
     domain, data = config.domain_names()[0], config.domains[0]
     val = load_source(data, "val")
     cpu = torch.device("cpu")
@@ -96,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    base = {s: (v, f) for s, v, f in (confusions(r, args.fresh, args.fresh_seed) for r in args.baseline)}
-    meth = {s: (v, f) for s, v, f in (confusions(r, args.fresh, args.fresh_seed) for r in args.method)}
+
+    def by_seed(runs: list[str]) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+        return {s: (v, f) for s, v, f in (confusions(r, args.fresh, args.fresh_seed) for r in runs)}
+
+    base, meth = by_seed(args.baseline), by_seed(args.method)
     seeds = sorted(set(base) & set(meth))
     if not seeds:
         p.error(f"no training seed is in both --baseline ({sorted(base)}) and --method ({sorted(meth)})")

@@ -34,12 +34,17 @@ def iou_from_confusion(cm: np.ndarray) -> np.ndarray:
         return np.where(union > 0, tp / union, np.nan)
 
 
+def miou_from_iou(iou: np.ndarray) -> float:
+    """The mean of the per-class IoU over the classes present (non-NaN), in percent; NaN if none is."""
+    return float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else float("nan")
+
+
 def scores(cm: np.ndarray, class_names: tuple[str, ...]) -> dict:
     """mIoU, per-class IoU and pixel accuracy, in percent."""
     iou = iou_from_confusion(cm)
     total = np.asarray(cm).sum()
     return {
-        "miou": float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else float("nan"),
+        "miou": miou_from_iou(iou),
         "per_class_iou": {n: (None if np.isnan(v) else float(v * 100)) for n, v in zip(class_names, iou, strict=True)},
         "pixel_accuracy": float(np.trace(cm) / total * 100) if total else float("nan"),
     }

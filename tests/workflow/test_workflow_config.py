@@ -36,18 +36,20 @@ def test_default_config_dry_run_lists_every_job(workdir, default_config):
     # the curve, the ablation (its perturbations alone: their own runs, the paper's decoder counts,
     # settings.perturbation_ablation.alone_aux; its supervised and all are the curve's supervised and
     # cct: aliases), the weak-label setting (supervised and cct are the curve's: aliases) and the
-    # multi-domain setting (each alone method on both domains and the joint runs, at a label count
-    # of its own, 10, which the curve does not have: domain a's alone runs are trained, not aliases)
+    # multi-domain setting (each alone method on both domains and the joint runs, at 10 labels per
+    # domain, which the curve has too; its runs have their own iterations and backbone rate
+    # (settings.multi_domain.cct), so domain a's alone runs are trained, not aliases of the curve's)
     multi_labels = default_config["settings"]["multi_domain"]["label_counts"]
-    assert multi_labels == [10] and 10 not in default_config["datasets"]["embedded"]["label_counts"]
+    assert multi_labels == [10] and 10 in default_config["datasets"]["embedded"]["label_counts"]
+    assert default_config["settings"]["multi_domain"]["cct"]["optim"]["encoder_lr_factor"] == 1.0
     n_curve, n_ablation, n_weak = n_counts * 2 * n_seeds, 9 * n_seeds, 3 * n_seeds
     n_multi = (2 * len(alone) + len(multi) - len(alone)) * n_seeds
     n_aliases = (2 + 2) * n_seeds
     assert counts["train"] == n_curve + n_ablation + n_weak + n_multi - n_aliases == 51
     assert counts["alias"] == n_aliases == 12
     assert counts["run_config"] == counts["train"]
-    # the curve's counts of domain a (the others' are among them), both domains at the multi-domain count
-    assert counts["splits"] == n_counts + 2
+    # the curve's counts of domain a (the others' are among them, 10 included) and domain b's 10
+    assert counts["splits"] == n_counts + 1
     smallest = min(default_config["datasets"]["embedded"]["label_counts"])
     aliases = re.findall(r"rule alias:\n.*?wildcards: alias=([^\n]*)", proc.stdout, re.S)
     assert sorted(aliases) == sorted(
